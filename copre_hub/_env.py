@@ -1,0 +1,65 @@
+"""Environment variables of copre-hub, read at call time (so tests can ``monkeypatch.setenv``).
+
+=========================  ==========================================================================================
+``COPRE_HUB_DATA``         folder holding local copies of known datasets (``cifar100/``, ``femnist/``, ...); when a
+                           recipe names a known dataset without a path, ``$COPRE_HUB_DATA/<name>`` is used if present,
+                           otherwise the dataset is fetched from the Hugging Face Hub by id.
+``COPRE_HUB_ORG``          organisation that short model ids resolve under (default ``copre-hub``).
+``COPRE_HUB_CACHE``        where decoded dataset tensors are cached (default ``~/.cache/copre_hub``).
+``HF_ENDPOINT``            Hub endpoint (default ``https://huggingface.co``), e.g. a ``copre-hub serve`` address.
+``HF_HUB_OFFLINE``         ``1`` to never touch the network: only cached checkpoints load.
+``HF_HOME``                cache root of ``huggingface_hub`` (checkpoints land in ``$HF_HOME/hub``).
+``HF_TOKEN``               token for pushes (and for reads from gated endpoints).
+=========================  ==========================================================================================
+
+``huggingface_hub`` reads ``HF_*`` once at import; copre-hub reads them here on every call and passes ``endpoint=``,
+``cache_dir=`` and ``token=`` explicitly, so a change after import is honoured.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_ORG = "copre-hub"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def data_dir() -> Path | None:
+    """Folder of local dataset copies, or None when ``COPRE_HUB_DATA`` is unset."""
+    value = os.environ.get("COPRE_HUB_DATA")
+    return Path(value).expanduser() if value else None
+
+
+def default_org() -> str:
+    """Organisation used to expand short model ids."""
+    return os.environ.get("COPRE_HUB_ORG") or DEFAULT_ORG
+
+
+def endpoint() -> str:
+    """Hub endpoint URL without a trailing slash."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks for no network access."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def hub_cache_dir() -> Path:
+    """Where ``huggingface_hub`` keeps downloaded repositories (``$HF_HUB_CACHE`` or ``$HF_HOME/hub``)."""
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def token() -> str | None:
+    """Token from ``HF_TOKEN``; None lets ``huggingface_hub`` fall back to its stored login."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+def cache_dir() -> Path:
+    """Where copre-hub keeps decoded dataset tensors (``$COPRE_HUB_CACHE``, default ``~/.cache/copre_hub``)."""
+    return Path(os.environ.get("COPRE_HUB_CACHE") or "~/.cache/copre_hub").expanduser()

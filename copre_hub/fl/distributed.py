@@ -1,0 +1,73 @@
+"""Processes of a simulation: rank, device, mixed precision and the one all-reduce per quantity.
+
+Every process simulates a share of each round's participants (balanced by data size), then the shares are summed
+with a single flattened all-reduce. Processes are started by ``accelerate launch`` or ``torchrun``; the model is
+never wrapped in DDP, because processes train different clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Processes:
+    """This process's place in the simulation."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    mixed_precision: str = "no"
+
+    @classmethod
+    def from_accelerate(cls, cpu: bool = False, mixed_precision: str = "no") -> Processes:
+        """Join the processes started by ``accelerate launch``/``torchrun`` (or run alone when there are none)."""
+        from accelerate import PartialState
+
+        state = PartialState(cpu=cpu)
+        if state.device.type == "cpu" and mixed_precision == "bf16":
+            mixed_precision = "no"
+        return cls(state.process_index, state.num_processes, state.device, mixed_precision)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over processes, in place; a no-op for one process."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Overwrite ``tensor`` with rank 0's copy."""
+        if self.world_size > 1:
+            torch.distributed.broadcast(tensor, src=0)
+        return tensor
+
+    def share(self, items: Sequence[int], costs: Sequence[float]) -> list[int]:
+        """This process's items: greedy longest-first assignment to the least-loaded process (deterministic)."""
+        if self.world_size == 1:
+            return list(items)
+        loads = [0.0] * self.world_size
+        mine = []
+        for cost, item in sorted(zip(costs, items, strict=True), key=lambda ci: (-ci[0], ci[1])):
+            target = min(range(self.world_size), key=lambda r: (loads[r], r))
+            loads[target] += cost
+            if target == self.rank:
+                mine.append(item)
+        return sorted(mine)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on accelerators when asked for, otherwise nothing."""
+        if self.mixed_precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()

@@ -1,0 +1,217 @@
+"""Model ids: what a string names (a local folder or a Hub repository at a revision), and the published ids.
+
+Accepted spellings, all case-insensitive for the published names:
+
+==========================================  ============================================================
+``copreFL-resnet18-cifar100``               short id: ``{default org}/copreFL-resnet18-cifar100``
+``org/name``, ``org/name@rev``              a Hub repository, optionally at a branch, tag or commit
+``hf-hub:org/name[@rev]``                   the same, spelled as timm spells it
+``local-dir:path``                          a checkpoint folder on disk
+``/abs/path``, ``./rel``, ``../rel``, ``~`` a checkpoint folder on disk
+==========================================  ============================================================
+
+A bare name or ``org/name`` that is also an existing folder is refused as ambiguous, with both spellings that work
+(timm does the same). The published initializations are rows of :data:`PUBLISHED`, not code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from copre_hub import _env
+from copre_hub.errors import ConfigError
+
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+DEFAULT_REVISION = "main"
+
+# huggingface_hub's repo-id rules (utils/_validators.py): ASCII word chars, '-', '.', at most 96 per part,
+# no leading/trailing '-' or '.', no '--' or '..', no '.git' suffix.
+_REPO_PART = re.compile(r"(?!-|\.)[A-Za-z0-9_.\-]{1,96}(?<!-|\.)")
+_COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
+_MAX_REVISION_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """One published initialization: a row of the registry.
+
+    Attributes:
+        name: the short id, in its canonical spelling (``{method}-{arch}-{dataset}[-{variant}]``).
+        method: pre-training method (``coprefl``, ``fedavg``, ...).
+        architecture: the backbone family named in the id.
+        dataset: pre-training dataset.
+        summary: one line for ``copre-hub list``.
+    """
+
+    name: str
+    method: str
+    architecture: str
+    dataset: str
+    summary: str
+
+
+PUBLISHED: tuple[PublishedModel, ...] = (
+    PublishedModel(
+        name="copreFL-resnet18-cifar100",
+        method="coprefl",
+        architecture="resnet18",
+        dataset="cifar100",
+        summary="CoPreFL, Scenario I (pre-training data only on clients), CIFAR-100 classes 0-79",
+    ),
+    PublishedModel(
+        name="copreFL-resnet18-cifar100-hybrid",
+        method="coprefl",
+        architecture="resnet18",
+        dataset="cifar100",
+        summary="CoPreFL, Scenario II (clients plus a 5% server dataset), CIFAR-100 classes 0-79",
+    ),
+    PublishedModel(
+        name="fedavg-resnet18-cifar100",
+        method="fedavg",
+        architecture="resnet18",
+        dataset="cifar100",
+        summary="FedAvg pre-training baseline, CIFAR-100 classes 0-79",
+    ),
+)
+
+_PUBLISHED_BY_KEY = {model.name.lower(): model for model in PUBLISHED}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model id names: either a folder on disk (``path``) or a Hub repository (``repo_id``, ``revision``).
+
+    Attributes:
+        text: the id as the caller wrote it, for error messages.
+        path: the checkpoint folder, when the id names one.
+        repo_id: ``org/name`` on the Hub, when the id names a repository.
+        revision: branch, tag or commit given with ``@``, or None.
+        published: the registry row, when the id is a published initialization.
+    """
+
+    text: str
+    path: Path | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+    published: PublishedModel | None = None
+
+
+def published_model(name: str) -> PublishedModel | None:
+    """The registry row of a published short id, matched case-insensitively, or None."""
+    return _PUBLISHED_BY_KEY.get(name.lower())
+
+
+def published_repo_id(model: PublishedModel) -> str:
+    """``{default org}/{name}``: where a published initialization lives on the Hub."""
+    return f"{_env.default_org()}/{model.name}"
+
+
+def is_commit_hash(revision: str) -> bool:
+    """True for a full 40-hex commit id, the only revision that never moves."""
+    return bool(_COMMIT_HASH.fullmatch(revision))
+
+
+def parse_model_id(model_id: str | os.PathLike[str]) -> ModelRef:
+    """Say what ``model_id`` names; no file-system or network access beyond an ambiguity check.
+
+    Args:
+        model_id: a short id, ``org/name[@rev]``, ``hf-hub:...``, ``local-dir:...`` or a path (see the module
+            docstring for the table).
+
+    Returns:
+        A :class:`ModelRef` with either ``path`` or ``repo_id`` set.
+
+    Raises:
+        ConfigError: the id is empty, malformed, has an invalid repository name or revision, or names both an
+            existing folder and a Hub repository.
+
+    Example:
+        >>> parse_model_id("copre-hub/copreFL-resnet18-cifar100@v1").revision
+        'v1'
+    """
+    if isinstance(model_id, os.PathLike):
+        return ModelRef(text=os.fspath(model_id), path=Path(model_id).expanduser())
+    text = str(model_id).strip()
+    if not text:
+        raise ConfigError("empty model id; see `copre-hub list` for the published ids.")
+    if text.startswith(LOCAL_DIR_PREFIX):
+        folder = text[len(LOCAL_DIR_PREFIX) :]
+        if not folder:
+            raise ConfigError(f"{text!r} names no folder; write 'local-dir:/path/to/checkpoint'.")
+        return ModelRef(text=text, path=Path(folder).expanduser())
+    if text.startswith(HF_HUB_PREFIX):
+        return _parse_repo(text, text[len(HF_HUB_PREFIX) :])
+    if _looks_like_path(text):
+        return ModelRef(text=text, path=Path(text).expanduser())
+    ref = _parse_repo(text, text)
+    if Path(text).exists():
+        raise ConfigError(
+            f"{text!r} is both a local path and a model id; write 'local-dir:{text}' for the folder "
+            f"or 'hf-hub:{ref.repo_id}' for the Hub repository."
+        )
+    return ref
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """Check ``org/name`` against huggingface_hub's repo-id rules and return it.
+
+    Raises:
+        ConfigError: the id lacks an organisation or breaks a rule (characters, length, ``--``, ``..``, ``.git``).
+    """
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(_REPO_PART.fullmatch(part) for part in parts):
+        raise ConfigError(
+            f"invalid repository id {repo_id!r}: expected 'org/name' with letters, digits, '-', '_' or '.' "
+            "(at most 96 each, not starting or ending with '-' or '.')."
+        )
+    if "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
+        raise ConfigError(f"invalid repository id {repo_id!r}: '--', '..' and a '.git' suffix are not allowed.")
+    return repo_id
+
+
+def validate_revision(revision: str) -> str:
+    """Check a branch, tag or commit name and return it.
+
+    Raises:
+        ConfigError: empty, too long, with whitespace or control characters, or with a ``..`` component.
+    """
+    if (
+        not revision
+        or len(revision) > _MAX_REVISION_LENGTH
+        or any(ch.isspace() or ord(ch) < 32 for ch in revision)
+        or ".." in revision
+        or revision.startswith(("/", "-"))
+        or revision.endswith("/")
+    ):
+        raise ConfigError(f"invalid revision {revision!r}: use a branch, a tag or a 40-hex commit id.")
+    return revision
+
+
+def _parse_repo(text: str, spec: str) -> ModelRef:
+    name, sep, revision = spec.partition("@")
+    if sep and ("@" in revision or not revision):
+        raise ConfigError(f"{text!r}: put at most one '@revision' after the repository id.")
+    org, slash, short = name.rpartition("/")
+    org = org if slash else _env.default_org()
+    published = published_model(short) if org.lower() == _env.default_org().lower() else None
+    repo_id = validate_repo_id(f"{org}/{published.name if published else short}")
+    return ModelRef(
+        text=text,
+        repo_id=repo_id,
+        revision=validate_revision(revision) if sep else None,
+        published=published,
+    )
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        os.path.isabs(text)
+        or text.startswith(("./", "../", "~", ".\\", "..\\"))
+        or text in (".", "..")
+        or "\\" in text
+        or text.partition("@")[0].count("/") > 1
+    )
