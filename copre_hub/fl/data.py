@@ -8,10 +8,13 @@ local folder (Parquet shards or an imagefolder tree). Resolution of a known name
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,7 +194,8 @@ def _load_hf_dataset(source: str, cfg: DataConfig):
     import datasets
 
     try:
-        loaded = datasets.load_dataset(source)
+        with _quiet("huggingface_hub.repocard"):  # local folders' READMEs carry no card metadata; not a problem
+            loaded = datasets.load_dataset(source)
     except FileNotFoundError as error:
         raise DatasetNotFoundError(
             f"dataset {source!r} could not be loaded ({error}); check the id, or point `data.path` / "
@@ -208,6 +212,18 @@ def _load_hf_dataset(source: str, cfg: DataConfig):
         raise DataError(f"dataset {source!r} has no split {missing}; available: {sorted(loaded)}. Fix `data.splits`.")
     parts = [loaded[s] for s in wanted]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence one logger's warnings for the duration of the block."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _pick_column(explicit: str | None, candidates: tuple[str, ...], columns: list[str], role: str) -> str:
@@ -267,10 +283,7 @@ def _decode_images(raw, image_col: str) -> torch.Tensor:
             f"images have different shapes {sorted(shapes)[:3]}; resize the dataset to one size before training."
         )
     stacked = np.stack(arrays)
-    if stacked.ndim == 3:
-        stacked = stacked[:, None]
-    else:
-        stacked = stacked.transpose(0, 3, 1, 2)
+    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(stacked))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,15 +20,18 @@ class Processes:
 
     rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     mixed_precision: str = "no"
 
     @classmethod
     def from_accelerate(cls, cpu: bool = False, mixed_precision: str = "no") -> Processes:
-        """Join the processes started by ``accelerate launch``/``torchrun`` (or run alone when there are none)."""
+        """Join the processes started by ``accelerate launch``/``torchrun`` (or run alone when there are none).
+
+        Without CUDA, processes join as CPU processes over gloo (Accelerate would otherwise ignore the launch).
+        """
         from accelerate import PartialState
 
-        state = PartialState(cpu=cpu)
+        state = PartialState(cpu=cpu or not torch.cuda.is_available())
         if state.device.type == "cpu" and mixed_precision == "bf16":
             mixed_precision = "no"
         return cls(state.process_index, state.num_processes, state.device, mixed_precision)

@@ -55,13 +55,18 @@ def create_model(cfg: ModelConfig, num_classes: int, in_chans: int, img_size: in
         close = timm.list_models(f"*{cfg.architecture.split('_')[0]}*")[:5]
         raise ConfigError(f"unknown timm architecture {cfg.architecture!r}; similar names: {close or 'none'}.")
     kwargs = cfg.timm_args()
-    if cfg.architecture.split("_")[0] in _IMG_SIZE_FAMILIES:
+    if takes_img_size(cfg.architecture):
         kwargs.setdefault("img_size", img_size)
     return timm.create_model(cfg.architecture, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
 # Families whose constructor fixes the input size, so it must be given for inputs other than their default.
 _IMG_SIZE_FAMILIES = {"femnist", "vit", "deit", "beit", "eva", "swin", "cait", "xcit", "mixer", "resmlp"}
+
+
+def takes_img_size(architecture: str) -> bool:
+    """Whether ``architecture``'s constructor needs ``img_size`` (its layers depend on the input size)."""
+    return architecture.split("_")[0] in _IMG_SIZE_FAMILIES
 
 
 class FemnistCNN(nn.Module):

@@ -6,6 +6,7 @@ every sample lands in exactly one place and the result depends only on the seed.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,7 +96,7 @@ class FederatedData:
         images = torch.cat([x for x, _ in parts])
         labels = torch.cat([y for _, y in parts]).long()
         bounds = np.cumsum([0, *[len(y) for _, y in parts]])
-        ranges = [torch.arange(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        ranges = [torch.arange(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         if images.dtype == torch.uint8 and mean is None:
             mean, std = (0.0,) * images.shape[1], (1.0,) * images.shape[1]
         return cls(
@@ -189,7 +190,9 @@ def partition_indices(
     table = {"idx": np.arange(labels.numel()), "label": labels.numpy()}
     if cfg.scheme == "natural":
         if writers is None:
-            raise DataError("partition.scheme='natural' needs a writer column; set data.writer_column or use dirichlet.")
+            raise DataError(
+                "partition.scheme='natural' needs a writer column; set data.writer_column or use dirichlet."
+            )
         table["writer"] = writers.numpy()
         partitioner = NaturalIdPartitioner(partition_by="writer")
     elif cfg.scheme == "iid":
@@ -231,7 +234,9 @@ def query_size(n: int, query_fraction: float) -> int:
 
 def check_support_query(sizes: list[int], query_fraction: float) -> None:
     """Fail before training if some client cannot give both a support and a query sample."""
-    small = [i for i, n in enumerate(sizes) if query_size(n, query_fraction) < 1 or n - query_size(n, query_fraction) < 1]
+    small = [
+        i for i, n in enumerate(sizes) if query_size(n, query_fraction) < 1 or n - query_size(n, query_fraction) < 1
+    ]
     if small:
         need = int(np.ceil(1 / query_fraction))
         raise DataError(

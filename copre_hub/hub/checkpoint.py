@@ -291,7 +291,7 @@ def load_checkpoint(folder: str | Path, num_classes: int | None = None, **timm_k
         model = timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs)
         with safe_open(folder / WEIGHTS_NAME, framework="pt") as weights:
             stored = set(weights.keys())
-    except (RuntimeError, SafetensorError) as error:
+    except (RuntimeError, AttributeError, KeyError, SafetensorError) as error:  # timm on weights of another model
         reason = str(error).strip().splitlines()[0][:300]
         raise CheckpointError(
             f"{folder}: {WEIGHTS_NAME} does not fit architecture {architecture!r} named by config.json ({reason})."
@@ -392,7 +392,11 @@ def _classifier_name(model: torch.nn.Module) -> str:
 
 def _global_pool(model: torch.nn.Module) -> str | None:
     head = getattr(model, "head", None)
-    candidates = (getattr(head, "global_pool", None), getattr(head, "pool_type", None), getattr(model, "global_pool", None))
+    candidates = (
+        getattr(head, "global_pool", None),
+        getattr(head, "pool_type", None),
+        getattr(model, "global_pool", None),
+    )
     for pool in candidates:
         pool = getattr(pool, "pool_type", pool)
         if isinstance(pool, str) and pool:

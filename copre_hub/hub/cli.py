@@ -1,9 +1,176 @@
-"""Hub verbs of the ``copre-hub`` command (push, pull, list, info, serve)."""
+"""Hub verbs of the ``copre-hub`` command (push, pull, list, info, serve).
+
+Registering them imports nothing heavy: each handler imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from copre_hub.errors import ConfigError, OutputError
+
+_MIB = 1 << 20
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add the hub verbs to the top-level parser."""
+    push = verbs.add_parser(
+        "push",
+        help="publish a checkpoint folder to the Hub endpoint",
+        description="Verify a checkpoint folder and publish it as one commit (repository and branch created if "
+        "missing). The endpoint is HF_ENDPOINT; the token is HF_TOKEN.",
+    )
+    push.add_argument("folder", type=Path, help="checkpoint folder (config.json, model.safetensors, README.md)")
+    push.add_argument("repo_id", help="org/name, or a short id under the default organisation")
+    push.add_argument("--revision", help="branch to commit to (default: main)")
+    push.add_argument("--tag", help="tag to put on the new commit")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("-m", "--message", dest="commit_message", help="commit message")
+    push.set_defaults(handler=_push)
+
+    pull = verbs.add_parser(
+        "pull",
+        help="download a checkpoint into the local cache and print its folder",
+        description="Download a checkpoint into the Hugging Face cache (HF_HOME) so it loads offline later; prints "
+        "the folder.",
+    )
+    pull.add_argument("model_id", help="short id, org/name[@rev], hf-hub:..., local-dir:... or a path")
+    pull.add_argument("--revision", help="branch, tag or commit (default: main)")
+    pull.set_defaults(handler=_pull)
+
+    listing = verbs.add_parser(
+        "list",
+        help="list published, cached and (with --remote) endpoint models",
+        description="List the published initializations, what the local cache holds and, with --remote, what the "
+        "endpoint lists.",
+    )
+    listing.add_argument("--remote", action="store_true", help="also ask the endpoint (HF_ENDPOINT)")
+    listing.add_argument("--author", help="organisation to list on the endpoint (default: COPRE_HUB_ORG)")
+    listing.set_defaults(handler=_list)
+
+    info = verbs.add_parser(
+        "info",
+        help="show a checkpoint's config, card metadata, results and weights hash",
+        description="Pull a checkpoint if needed, verify it, and show its config, card metadata, evaluation "
+        "results and the sha256 of its weights.",
+    )
+    info.add_argument("model_id", help="short id, org/name[@rev], hf-hub:..., local-dir:... or a path")
+    info.add_argument("--revision", help="branch, tag or commit (default: main)")
+    info.add_argument("--json", action="store_true", help="print everything as JSON")
+    info.set_defaults(handler=_info)
+
+    serve = verbs.add_parser(
+        "serve",
+        help="run a Hub-compatible endpoint storing repositories on disk",
+        description="Run a Hugging Face Hub-compatible endpoint: point HF_ENDPOINT at the printed URL and the "
+        "unmodified huggingface_hub client and timm push to and pull from it. Writes need a token.",
+    )
+    serve.add_argument("--storage", type=Path, required=True, help="folder holding the repositories")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
+    tokens = serve.add_mutually_exclusive_group()
+    tokens.add_argument("--token-file", type=Path, help="file with the accepted tokens, one per line")
+    tokens.add_argument("--token", help="accepted token (visible to other local users; prefer --token-file)")
+    serve.add_argument("--gated-reads", action="store_true", help="require a token for reads too")
+    serve.add_argument("--max-body-mb", type=int, default=1024, help="largest commit body in MiB (default: 1024)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(handler=_serve)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from copre_hub.hub.api import push
+
+    commit = push(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        tag=args.tag,
+        commit_message=args.commit_message,
+    )
+    print(f"pushed {commit.oid}: {commit.commit_url}" + (f" (tag {args.tag})" if args.tag else ""))
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from copre_hub.hub.api import pull
+
+    print(pull(args.model_id, revision=args.revision))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from copre_hub.hub.api import list_models
+
+    rows = [("ID", "CACHED", *(("ENDPOINT",) if args.remote else ()), "DESCRIPTION")]
+    for listing in list_models(remote=args.remote, author=args.author):
+        cached = ",".join(rev[:12] for rev in listing.cached_revisions) or "-"
+        endpoint = ("yes" if listing.on_endpoint else "no",) if args.remote else ()
+        rows.append((listing.repo_id, cached, *endpoint, listing.published.summary if listing.published else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from copre_hub.hub.api import info
+
+    details = info(args.model_id, revision=args.revision)
+    if args.json:
+        print(json.dumps(details.to_dict(), indent=2, default=str))
+        return 0
+    config = details.config
+    print(f"id            {details.model_id}")
+    print(f"folder        {details.path}")
+    if details.commit:
+        print(f"commit        {details.commit}")
+    print(f"architecture  {config['architecture']} ({config.get('num_classes')} classes)")
+    print(f"sha256        {details.sha256 or '(not recorded: not a copre-hub checkpoint)'}")
+    print(f"tags          {', '.join(details.card.get('tags') or []) or '-'}")
+    for result in details.eval_results:
+        print(f"result        {result['name'] or result['metric']}: {result['value']}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from copre_hub.hub.serve.server import bind, build_server, url_of
+
+    tokens = _tokens(args)
+    if args.gated_reads and not tokens:
+        raise ConfigError("--gated-reads needs --token-file or --token: no reader could ever authenticate.")
+    if args.max_body_mb <= 0:
+        raise ConfigError("--max-body-mb must be positive.")
+    try:
+        server = build_server(
+            args.storage,
+            tokens=tokens,
+            gated_reads=args.gated_reads,
+            max_body_bytes=args.max_body_mb * _MIB,
+            log_level=args.log_level,
+        )
+    except OSError as error:
+        raise OutputError(f"cannot use {args.storage} as storage ({error.strerror}).") from error
+    sock = bind(args.host, args.port)
+    writes = "writes need a token" if tokens else "read-only (no token given)"
+    reads = "reads need a token" if args.gated_reads else "public reads"
+    print(f"copre-hub serve: {url_of(sock)} (storage {args.storage}; {writes}; {reads})", flush=True)
+    server.run(sockets=[sock])
+    return 0
+
+
+def _tokens(args: argparse.Namespace) -> list[str]:
+    if args.token is not None:
+        return [args.token] if args.token.strip() else []
+    if args.token_file is None:
+        return []
+    try:
+        lines = args.token_file.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ConfigError(f"cannot read --token-file {args.token_file} ({error.strerror}).") from error
+    tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not tokens:
+        raise ConfigError(f"--token-file {args.token_file} holds no token (one per line).")
+    return tokens

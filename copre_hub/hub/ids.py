@@ -144,10 +144,10 @@ def parse_model_id(model_id: str | os.PathLike[str]) -> ModelRef:
             raise ConfigError(f"{text!r} names no folder; write 'local-dir:/path/to/checkpoint'.")
         return ModelRef(text=text, path=Path(folder).expanduser())
     if text.startswith(HF_HUB_PREFIX):
-        return _parse_repo(text, text[len(HF_HUB_PREFIX) :])
+        return parse_repo_id(text)
     if _looks_like_path(text):
         return ModelRef(text=text, path=Path(text).expanduser())
-    ref = _parse_repo(text, text)
+    ref = parse_repo_id(text)
     if Path(text).exists():
         raise ConfigError(
             f"{text!r} is both a local path and a model id; write 'local-dir:{text}' for the folder "
@@ -191,7 +191,14 @@ def validate_revision(revision: str) -> str:
     return revision
 
 
-def _parse_repo(text: str, spec: str) -> ModelRef:
+def parse_repo_id(text: str) -> ModelRef:
+    """Parse a Hub id (short id, ``org/name``, optional ``hf-hub:`` prefix and ``@revision``); never a path.
+
+    Raises:
+        ConfigError: malformed id or revision.
+    """
+    text = text.strip()
+    spec = text[len(HF_HUB_PREFIX) :] if text.startswith(HF_HUB_PREFIX) else text
     name, sep, revision = spec.partition("@")
     if sep and ("@" in revision or not revision):
         raise ConfigError(f"{text!r}: put at most one '@revision' after the repository id.")

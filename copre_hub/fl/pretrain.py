@@ -1,0 +1,298 @@
+"""Run a recipe end to end: data, model, method, rounds with resumable state, then the checkpoint folder.
+
+A run folder holds::
+
+    run.json             the run record: resolved recipe, fingerprint, seeds, versions, class split, per-round metrics
+    state.safetensors    resumable state (the global weights after the last saved round), written atomically
+    checkpoint/          config.json + model.safetensors + README.md, the publishable initialization
+
+Resuming needs only the global weights and the round number: every random draw is keyed by (seed, round, client),
+so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from copre_hub import _io
+from copre_hub.errors import OutputError, ResumeError
+from copre_hub.fl.data import load_image_data
+from copre_hub.fl.distributed import Processes
+from copre_hub.fl.methods import Method
+from copre_hub.fl.models import create_model
+from copre_hub.fl.partition import FederatedData, build_federation, class_split
+from copre_hub.fl.recipe import Recipe
+from copre_hub.fl.seeding import derive_seed
+from copre_hub.fl.simulation import Simulation
+
+RECORD_NAME = "run.json"
+STATE_NAME = "state.safetensors"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and validated before the first round."""
+
+    recipe: Recipe
+    method: Method
+    data: FederatedData
+    model: torch.nn.Module
+    classes: tuple[tuple[int, ...], tuple[int, ...]]
+    class_names: list[str]
+    input_size: tuple[int, int, int]
+
+
+def prepare(recipe: Recipe) -> Prepared:
+    """Load the data, split classes, partition clients, build the model and the method (all validated)."""
+    method = recipe.build_method()
+    images = load_image_data(recipe.data)
+    pretrain_classes, downstream_classes = class_split(images, recipe.data, recipe.seed)
+    fed = build_federation(images, pretrain_classes, recipe.partition, recipe.seed)
+    method.validate(fed)
+    torch.manual_seed(derive_seed(recipe.seed, "init"))
+    channels, height, _ = images.input_size
+    model = create_model(recipe.model, num_classes=len(pretrain_classes), in_chans=channels, img_size=height)
+    return Prepared(
+        recipe=recipe,
+        method=method,
+        data=fed,
+        model=model,
+        classes=(pretrain_classes, downstream_classes),
+        class_names=[images.class_names[c] for c in pretrain_classes],
+        input_size=images.input_size,
+    )
+
+
+def pretrain(
+    recipe: Recipe,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    processes: Processes | None = None,
+) -> Path:
+    """Run ``recipe`` into ``output_dir`` and return the checkpoint folder.
+
+    Args:
+        recipe: the run (see :mod:`copre_hub.fl.recipe`).
+        output_dir: the run folder; must be new or empty unless ``resume``.
+        resume: continue the run saved in ``output_dir`` (same recipe required).
+        progress: show a progress bar on the main process.
+        processes: this process's place among processes; by default joined through Accelerate.
+
+    Raises:
+        OutputError: ``output_dir`` cannot be written, or already holds a run and ``resume`` is off.
+        ResumeError: the saved run was made by another recipe, or its state is unreadable.
+        ConfigError, DataError: invalid recipe or data (raised before any training).
+    """
+    out = Path(output_dir)
+    check_output(out, resume)
+    saved = read_state(out, recipe) if resume else None
+    prepared = prepare(recipe)
+    processes = processes or Processes.from_accelerate(
+        cpu=recipe.run.device == "cpu", mixed_precision=recipe.run.mixed_precision
+    )
+    sim = Simulation(
+        prepared.model,
+        prepared.data,
+        processes,
+        augment=recipe.data.augment,
+        eval_batch_size=recipe.run.eval_batch_size,
+    )
+    history: list[dict] = []
+    start = 0
+    if saved is not None:
+        start, vector, history = saved
+        sim.flat.load_(vector.to(sim.device))
+    record = run_record(prepared, processes)
+    bar = _progress_bar(recipe.name, prepared.method.rounds, start, enabled=progress and processes.is_main)
+
+    def on_round(done: int, metrics: dict) -> None:
+        history.append(metrics)
+        bar.update(1)
+        bar.set_postfix(_postfix(metrics), refresh=False)
+        if processes.is_main and (done % recipe.run.checkpoint_every == 0 or done == prepared.method.rounds):
+            write_state(out, recipe, done, sim.flat.vector, {**record, "rounds": history})
+
+    try:
+        prepared.method.run(sim, recipe.seed, start_round=start, on_round=on_round)
+    finally:
+        bar.close()
+    folder = out / CHECKPOINT_DIR
+    if processes.is_main:
+        record.update(rounds=history, status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        _io.atomic_write_json(out / RECORD_NAME, record)
+        save_run_checkpoint(prepared, sim, folder, record)
+    processes.barrier()
+    return folder
+
+
+def check_output(out: Path, resume: bool) -> None:
+    """Refuse an unwritable folder, or one that already holds a run we were not asked to resume."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {str(out)!r} is a file; choose a folder path.")
+    if not resume and (out / STATE_NAME).exists():
+        raise OutputError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another output.")
+    if resume and not (out / STATE_NAME).exists():
+        raise ResumeError(f"{str(out)!r} holds no saved run to resume; drop --resume to start a new run there.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"cannot write to {str(out)!r} ({error.strerror}); choose a writable --output.") from error
+
+
+def read_state(out: Path, recipe: Recipe) -> tuple[int, torch.Tensor, list[dict]]:
+    """The saved round, weights and metrics of a run folder made by ``recipe``.
+
+    Raises:
+        ResumeError: another recipe made it, or the state is unreadable.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(out / STATE_NAME, framework="pt") as handle:
+            meta = handle.metadata() or {}
+            vector = handle.get_tensor("vector")
+    except Exception as error:  # safetensors raises several kinds for damaged files
+        raise ResumeError(f"state in {str(out)!r} is unreadable ({error}); start a new run elsewhere.") from error
+    if meta.get("fingerprint") != recipe.fingerprint():
+        raise ResumeError(
+            f"{str(out)!r} was made by a different recipe (fingerprint {meta.get('fingerprint')} vs "
+            f"{recipe.fingerprint()}); resume with the original recipe or choose another output."
+        )
+    done = int(meta["round"])
+    record = _read_json(out / RECORD_NAME)
+    history = [r for r in record.get("rounds", []) if r["round"] <= done]
+    return done, vector, history
+
+
+def write_state(out: Path, recipe: Recipe, done: int, vector: torch.Tensor, record: dict) -> None:
+    """Save resumable state after round ``done``: the run record first, then the weights (both atomic)."""
+    from safetensors.torch import save_file
+
+    _io.atomic_write_json(out / RECORD_NAME, {**record, "status": f"running (round {done})"})
+    metadata = {"round": str(done), "fingerprint": recipe.fingerprint()}
+    _io.atomic_write(out / STATE_NAME, lambda tmp: save_file({"vector": vector.cpu()}, tmp, metadata=metadata))
+
+
+def run_record(prepared: Prepared, processes: Processes) -> dict[str, Any]:
+    """What the run was: recipe, seeds, versions, data, model size and the process layout."""
+    recipe = prepared.recipe
+    pretrain_classes, downstream_classes = prepared.classes
+    return {
+        "name": recipe.name,
+        "recipe": recipe.to_dict(),
+        "fingerprint": recipe.fingerprint(),
+        "seed": recipe.seed,
+        "method": prepared.method.hyperparameters(),
+        "data": {
+            "source": prepared.data.meta.get("source"),
+            "pretrain_classes": list(pretrain_classes),
+            "downstream_classes": list(downstream_classes),
+            "num_clients": prepared.data.num_clients,
+            "client_sizes": prepared.data.client_sizes,
+            "server_size": 0 if prepared.data.server is None else int(prepared.data.server.numel()),
+        },
+        "model": {
+            "architecture": recipe.model.architecture,
+            "parameters": sum(p.numel() for p in prepared.model.parameters()),
+        },
+        "processes": {"world_size": processes.world_size, "device": str(processes.device)},
+        "versions": software_versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def save_run_checkpoint(prepared: Prepared, sim: Simulation, folder: Path, record: dict) -> Path:
+    """Write the final weights as a publishable checkpoint folder."""
+    from copre_hub.hub.checkpoint import save_checkpoint
+
+    recipe = prepared.recipe
+    data = prepared.data
+    meta = {
+        "model_id": recipe.name,
+        "method": prepared.method.name,
+        "scenario": prepared.method.scenario,
+        "hyperparameters": prepared.method.hyperparameters(),
+        "recipe": recipe.to_dict(),
+        "fingerprint": recipe.fingerprint(),
+        "seed": recipe.seed,
+        "data": {k: v for k, v in record["data"].items() if k != "client_sizes"} | {"dataset": recipe.data.dataset},
+        "partition": dataclasses.asdict(recipe.partition),
+        "versions": record["versions"],
+        "final_metrics": record["rounds"][-1] if record["rounds"] else {},
+    }
+    return save_checkpoint(
+        sim.model,
+        folder,
+        architecture=recipe.model.architecture,
+        model_args=recipe.model.timm_args() | _size_args(recipe, prepared.input_size),
+        num_classes=data.num_classes,
+        input_size=prepared.input_size,
+        mean=tuple(data.mean or (0.0,) * prepared.input_size[0]),
+        std=tuple(data.std or (1.0,) * prepared.input_size[0]),
+        copre_hub_meta=meta,
+        label_names=prepared.class_names,
+    )
+
+
+def _size_args(recipe: Recipe, input_size: tuple[int, int, int]) -> dict[str, Any]:
+    """Constructor arguments that rebuilding the model needs beyond the class count (input channels and size)."""
+    from copre_hub.fl.models import takes_img_size
+
+    args: dict[str, Any] = {"in_chans": input_size[0]}
+    if takes_img_size(recipe.model.architecture):
+        args["img_size"] = input_size[1]
+    return args
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of everything that can change the numbers."""
+    import accelerate
+    import datasets
+    import huggingface_hub
+    import timm
+
+    from copre_hub import __version__
+
+    return {
+        "copre_hub": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "huggingface_hub": huggingface_hub.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _progress_bar(name: str, rounds: int, start: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=rounds, initial=start, desc=name, unit="round", disable=not enabled, dynamic_ncols=True)
+
+
+def _postfix(metrics: dict) -> dict[str, str]:
+    keys = {"train_loss": "loss", "query_loss_mean": "q_mean", "query_loss_var": "q_var", "server_loss": "srv"}
+    return {short: f"{metrics[key]:.4f}" for key, short in keys.items() if key in metrics}

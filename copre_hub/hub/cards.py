@@ -1,0 +1,253 @@
+"""Model cards: YAML metadata and body rendered from data (config, run record, evaluation) and one template.
+
+The template is ``copre_hub/hub/templates/modelcard.md`` (``model_cards/template.md`` in the repository is the
+same file, kept identical by a test). Cards are never hand-written YAML: the metadata is a
+``huggingface_hub.ModelCardData`` with ``EvalResult`` rows, so the Hub reads the ``model-index``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from copre_hub import _env
+
+if TYPE_CHECKING:
+    from huggingface_hub import EvalResult, ModelCard
+
+TEMPLATE_PATH = Path(__file__).with_name("templates") / "modelcard.md"
+BASE_TAGS = ("copre-hub", "federated-learning", "image-classification", "timm")
+DATASET_IDS = {"cifar100": "uoft-cs/cifar100", "femnist": "flwrlabs/femnist"}
+DATASET_NAMES = {"cifar100": "CIFAR-100", "femnist": "FEMNIST"}
+METHOD_NAMES = {
+    "coprefl": "CoPreFL",
+    "coprefl_sgd": "CoPreFL-SGD",
+    "fedavg": "FedAvg",
+    "fedprox": "FedProx",
+    "centralized": "centralized",
+}
+SCENARIOS = {"I": "Scenario I (pre-training data only on clients)", "II": "Scenario II (clients plus a server dataset)"}
+# copre_hub block keys shown as pre-training rows, in this order, with their labels.
+_PRETRAINING_FIELDS = (
+    ("method", "Method"),
+    ("scenario", "Scenario"),
+    ("dataset", "Dataset"),
+    ("class_split", "Class split"),
+    ("partitioner", "Partitioner"),
+    ("clients", "Clients"),
+    ("rounds", "Rounds"),
+    ("seeds", "Seeds"),
+)
+_HISTOGRAM_BINS = 10
+
+
+def build_model_card(
+    config: dict[str, Any],
+    run_record: dict[str, Any] | None = None,
+    eval_results: dict[str, Any] | list[dict[str, Any]] | None = None,
+) -> ModelCard:
+    """Build the model card of a checkpoint from its ``config.json`` and, when given, its run and evaluation.
+
+    Everything is optional beyond ``config["architecture"]``: missing pieces leave their section saying so.
+
+    Args:
+        config: the checkpoint's ``config.json``. Its ``copre_hub`` block may hold ``model_id``, ``repo_id``,
+            ``method``, ``scenario`` (``"I"``/``"II"``), ``dataset``, ``class_split``, ``partitioner``, ``clients``,
+            ``rounds``, ``seeds``, ``recipe``, ``versions``, ``sha256`` and ``eval_results``.
+        run_record: the pre-training run: ``recipe`` (nested dict), ``rounds`` (list of per-round metric dicts;
+            the last one is shown), ``versions`` (package -> version), ``seeds``. Values here win over the block.
+        eval_results: downstream evaluation of this initialization, one dict or a list of dicts (one per
+            downstream setting), each with the keys:
+
+            - ``dataset`` (str, e.g. ``"cifar100"``), ``classes`` (str, optional, e.g. ``"80-99"``),
+            - ``algorithm`` (str, downstream FL algorithm, e.g. ``"fedavg"``), ``tasks`` (int, FL tasks averaged),
+              ``clients`` and ``rounds`` (int, optional, per task),
+            - ``mean_accuracy`` and ``mean_accuracy_std`` (%: clients' mean final accuracy, mean and std over tasks),
+            - ``variance`` and ``variance_std`` (population variance of client accuracies, mean and std over tasks),
+            - ``lowest_10``, ``lowest_20``, ``lowest_30`` (%: mean accuracy of the worst 10/20/30% of clients),
+            - ``client_accuracies`` (list of %, optional: one task's clients, drawn as a text histogram).
+
+            Defaults to the block's ``eval_results``. Missing numbers are shown as a dash.
+
+    Returns:
+        A ``huggingface_hub.ModelCard`` whose YAML has ``library_name: timm``, the tags ``copre-hub`` and
+        ``federated-learning``, ``datasets`` and a ``model-index`` with mean accuracy and variance per setting.
+
+    Example:
+        >>> card = build_model_card({"architecture": "resnet18", "pretrained_cfg": {}})  # doctest: +SKIP
+        >>> card.data.library_name  # doctest: +SKIP
+        'timm'
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    meta = config.get("copre_hub") or {}
+    record = run_record or {}
+    evaluations = _as_list(eval_results if eval_results is not None else meta.get("eval_results"))
+    model_id = str(meta.get("model_id") or config.get("pretrained_cfg", {}).get("tag") or config["architecture"])
+    repo_id = str(meta.get("repo_id") or f"{_env.default_org()}/{model_id}")
+    method = str(meta.get("method") or "")
+    dataset = str(meta.get("dataset") or "")
+    datasets = _unique(DATASET_IDS.get(name, name) for name in [dataset, *(e.get("dataset") for e in evaluations)])
+    results = [result for evaluation in evaluations for result in _eval_results(evaluation)]
+    card_data = ModelCardData(
+        license=config.get("pretrained_cfg", {}).get("license"),
+        library_name="timm",
+        pipeline_tag="image-classification",
+        tags=_unique([*BASE_TAGS, method.lower(), config["architecture"]]),
+        datasets=datasets or None,
+        model_name=model_id if results else None,
+        eval_results=results or None,
+    )
+    rounds = record.get("rounds") or []
+    facts = {**meta, **{key: value for key, value in record.items() if key != "rounds"}}
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_id=model_id,
+        repo_id=repo_id,
+        summary=_summary(config, meta),
+        architecture=config["architecture"],
+        num_classes=config.get("num_classes", "?"),
+        input_size="x".join(str(size) for size in config.get("pretrained_cfg", {}).get("input_size", ())) or "?",
+        method_name=_display("method", method) or "unknown method",
+        scenario=_display("scenario", meta.get("scenario") or ""),
+        dataset=_display("dataset", dataset),
+        sha256=meta.get("sha256") or "",
+        copre_hub_version=meta.get("copre_hub_version") or "?",
+        pretraining_rows=[
+            (label, _cell(_display(key, facts[key])))
+            for key, label in _PRETRAINING_FIELDS
+            if facts.get(key) not in (None, "", [], {})
+        ],
+        recipe_rows=[(key, _cell(value)) for key, value in _flatten(facts.get("recipe") or {})],
+        round_rows=[(key, _cell(value)) for key, value in (rounds[-1] if rounds else {}).items()],
+        rounds_recorded=len(rounds),
+        version_rows=[(key, _cell(value)) for key, value in (facts.get("versions") or {}).items()],
+        result_rows=[_result_row(evaluation) for evaluation in evaluations],
+        histograms=[
+            (_setting(evaluation), _histogram(evaluation["client_accuracies"]))
+            for evaluation in evaluations
+            if evaluation.get("client_accuracies")
+        ],
+    )
+
+
+def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:
+    """EvalResult rows of one downstream setting: mean accuracy, variance and the lowest-k% accuracies."""
+    from huggingface_hub import EvalResult
+
+    dataset = str(evaluation.get("dataset") or "unknown")
+    common = {
+        "task_type": "image-classification",
+        "dataset_type": DATASET_IDS.get(dataset, dataset),
+        "dataset_name": _display("dataset", dataset),
+        "dataset_split": evaluation.get("classes"),
+        "metric_config": evaluation.get("algorithm"),
+    }
+    tasks = f", {evaluation['tasks']} tasks" if evaluation.get("tasks") else ""
+    algorithm = _display("method", evaluation.get("algorithm") or "FL")
+    metrics = [
+        ("mean_accuracy", "accuracy", f"Downstream mean accuracy ({algorithm}{tasks})"),
+        ("variance", "variance", f"Downstream client accuracy variance ({algorithm}{tasks})"),
+        *((f"lowest_{k}", "accuracy", f"Downstream lowest {k}% clients accuracy ({algorithm})") for k in (10, 20, 30)),
+    ]
+    return [
+        EvalResult(**common, metric_type=metric_type, metric_name=name, metric_value=float(evaluation[key]))
+        for key, metric_type, name in metrics
+        if evaluation.get(key) is not None
+    ]
+
+
+def _summary(config: dict[str, Any], meta: dict[str, Any]) -> str:
+    method = _display("method", meta.get("method") or "") or "federated"
+    text = f"A {method} pre-trained initialization of timm `{config['architecture']}` for federated downstream tasks"
+    if meta.get("dataset"):
+        text += f", pre-trained on {_display('dataset', meta['dataset'])}"
+    if meta.get("scenario"):
+        text += f" in {_display('scenario', meta['scenario'])}"
+    return text + "."
+
+
+def _display(key: str, value: Any) -> Any:
+    """The readable name of a method, scenario or dataset id; other values unchanged."""
+    names = {"method": METHOD_NAMES, "scenario": SCENARIOS, "dataset": DATASET_NAMES}.get(key, {})
+    return names.get(str(value).lower() if key != "scenario" else str(value), value)
+
+
+def _setting(evaluation: dict[str, Any]) -> str:
+    dataset = str(evaluation.get("dataset") or "")
+    parts = [_display("dataset", dataset) or "downstream"]
+    if evaluation.get("classes"):
+        parts.append(f"classes {evaluation['classes']}")
+    algorithm = evaluation.get("algorithm")
+    protocol = [f"{evaluation[key]} {key}" for key in ("tasks", "clients", "rounds") if evaluation.get(key)]
+    if algorithm:
+        parts.append(str(_display("method", algorithm)))
+    return _cell(" ".join(parts) + (f" ({', '.join(protocol)})" if protocol else ""))
+
+
+def _result_row(evaluation: dict[str, Any]) -> dict[str, str]:
+    def number(key: str) -> str:
+        value = evaluation.get(key)
+        if value is None:
+            return "—"
+        spread = evaluation.get(f"{key}_std")
+        return f"{float(value):.2f}" + (f" ± {float(spread):.2f}" if spread is not None else "")
+
+    return {
+        "setting": _setting(evaluation),
+        "accuracy": number("mean_accuracy"),
+        "variance": number("variance"),
+        **{f"lowest_{k}": number(f"lowest_{k}") for k in (10, 20, 30)},
+    }
+
+
+def _histogram(accuracies: list[float]) -> str:
+    """A text histogram of client accuracies (%) in 10-point bins, one ``#`` per client."""
+    counts = [0] * _HISTOGRAM_BINS
+    for accuracy in accuracies:
+        counts[min(int(float(accuracy) // 10), _HISTOGRAM_BINS - 1)] += 1
+    return "\n".join(f"{10 * i:3d}-{10 * (i + 1):3d}% | {'#' * count} {count}" for i, count in enumerate(counts))
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    """One table cell: dicts as ``k=v``, runs of integers as ``a-b``, floats to 4 significant digits."""
+    if isinstance(value, dict):
+        text = "; ".join(f"{key}={_cell(item)}" for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        text = _int_runs(value) if value and all(isinstance(v, int) for v in value) else ", ".join(map(_cell, value))
+    elif isinstance(value, float):
+        text = f"{value:.4g}"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _int_runs(values: list[int] | tuple[int, ...]) -> str:
+    runs: list[list[int]] = []
+    for value in sorted(values):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def _as_list(value: dict[str, Any] | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else list(value)
+
+
+def _unique(values: Any) -> list[str]:
+    return list(dict.fromkeys(str(value) for value in values if value))

@@ -1,0 +1,104 @@
+"""Model cards: Hub metadata built with ModelCardData/EvalResult, the body sections, tolerance to missing data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from copre_hub.hub.cards import TEMPLATE_PATH, build_model_card
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = {
+    "architecture": "resnet18",
+    "num_classes": 80,
+    "pretrained_cfg": {"input_size": [3, 32, 32], "license": "apache-2.0", "tag": "copreFL-resnet18-cifar100"},
+    "copre_hub": {
+        "model_id": "copreFL-resnet18-cifar100",
+        "method": "coprefl",
+        "scenario": "I",
+        "dataset": "cifar100",
+        "class_split": {"pretrain": list(range(80)), "downstream": list(range(80, 100))},
+        "sha256": "ab" * 32,
+        "copre_hub_version": "0.1.0",
+    },
+}
+EVAL = {
+    "dataset": "cifar100",
+    "classes": "80-99",
+    "algorithm": "fedavg",
+    "tasks": 10,
+    "mean_accuracy": 83.2,
+    "mean_accuracy_std": 2.6,
+    "variance": 34.7,
+    "variance_std": 3.1,
+    "lowest_10": 61.0,
+    "client_accuracies": [55.0, 71.5, 88.0, 100.0],
+}
+RUN = {
+    "recipe": {"train": {"rounds": 50, "lr": 0.001}},
+    "rounds": [{"round": 1, "loss": 2.3}, {"round": 2, "loss": 1.9}],
+    "versions": {"torch": "2.14.1"},
+}
+
+
+def test_card_metadata_is_what_the_hub_reads() -> None:
+    card = build_model_card(CONFIG, RUN, EVAL)
+    reparsed = ModelCard(card.content)  # what the Hub and huggingface_hub parse back from README.md
+    data = reparsed.data
+    assert data.library_name == "timm"
+    assert {"copre-hub", "federated-learning"} <= set(data.tags)
+    assert data.datasets == ["uoft-cs/cifar100"]
+    assert data.model_name == "copreFL-resnet18-cifar100"
+    metrics = {(result.metric_type, result.metric_value) for result in data.eval_results}
+    assert {("accuracy", 83.2), ("variance", 34.7), ("accuracy", 61.0)} <= metrics
+
+
+def test_card_body_has_every_section_and_the_numbers() -> None:
+    content = build_model_card(CONFIG, RUN, EVAL).content
+    for heading in (
+        "## How to load",
+        "## Pre-training details",
+        "## Downstream protocol and results",
+        "## Limitations",
+        "## Citation",
+    ):
+        assert heading in content
+    for snippet in (
+        'copre_hub.load("copre-hub/copreFL-resnet18-cifar100"',
+        "hf-hub:copre-hub/copreFL-resnet18-cifar100",
+        "ArrayRecord",
+        "PTFileModelPersistor",
+        "83.20 ± 2.60",
+        "34.70 ± 3.10",
+        "pretrain=0-79",
+        "`train.lr` | 0.001",
+        "2 rounds recorded",
+        "90-100% | # 1",
+        "ab" * 32,
+        "arXiv",
+    ):
+        assert snippet in content
+
+
+@pytest.mark.parametrize("eval_results", [None, [], [EVAL, {**EVAL, "algorithm": "fedprox", "lowest_10": None}]])
+def test_card_tolerates_missing_or_several_results(eval_results) -> None:
+    config = {"architecture": "test_resnet", "pretrained_cfg": {}}
+    card = build_model_card(config, None, eval_results)
+    assert card.data.library_name == "timm"
+    if eval_results:
+        assert "FedProx" in card.content and len(card.data.eval_results) == 5
+    else:
+        assert card.data.eval_results is None
+        assert "No downstream evaluation" in card.content and "No pre-training record" in card.content
+
+
+def test_results_default_to_the_config_block() -> None:
+    card = build_model_card({**CONFIG, "copre_hub": {**CONFIG["copre_hub"], "eval_results": EVAL}})
+    assert any(result.metric_value == 83.2 for result in card.data.eval_results)
+
+
+def test_repository_template_is_the_packaged_one() -> None:
+    assert (REPO / "model_cards" / "template.md").read_text() == TEMPLATE_PATH.read_text()

@@ -1,0 +1,148 @@
+"""Kill-and-resume and multi-process runs end with the weights of one uninterrupted single-process run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+SMOKE = Path(__file__).resolve().parents[1] / "training" / "recipes" / "smoke.toml"
+TINY = [
+    "--rounds",
+    "3",
+    "--participants",
+    "4",
+    "--clients",
+    "100",
+    "--set",
+    "method.local_epochs=1",
+    "--set",
+    "run.checkpoint_every=1",
+]  # about a second per round on 2 cores
+
+
+def pretrain_cmd(out: Path, *extra: str) -> list[str]:
+    return ["-m", "copre_hub.cli", "pretrain", str(SMOKE), "-o", str(out), "-q", *TINY, *extra]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "checkpoint" / "model.safetensors")
+
+
+def saved_round(out: Path) -> int:
+    try:
+        with safe_open(out / "state.safetensors", framework="pt") as handle:
+            return int(handle.metadata()["round"])
+    except Exception:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir_module) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    subprocess.run([sys.executable, *pretrain_cmd(out)], check=True, env=data_dir_module)
+    return weights(out)
+
+
+@pytest.fixture(scope="module")
+def data_dir_module() -> dict[str, str]:
+    from conftest import DATA_DIR
+
+    if not (DATA_DIR / "cifar100").is_dir():
+        pytest.skip(f"real data not found at {DATA_DIR}")
+    return {**os.environ, "COPRE_HUB_DATA": str(DATA_DIR), "OMP_NUM_THREADS": "1"}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_kill_and_resume_matches_uninterrupted(reference, data_dir_module, tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, *pretrain_cmd(out)], env=data_dir_module)
+    deadline = time.monotonic() + 120
+    while saved_round(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 1 <= saved_round(out) < 3
+    subprocess.run([sys.executable, *pretrain_cmd(out, "--resume")], check=True, env=data_dir_module)
+    resumed = weights(out)
+    for name, tensor in reference.items():
+        assert torch.equal(resumed[name], tensor), name
+
+
+def test_two_processes_match_one(reference, data_dir_module, tmp_path) -> None:
+    out = tmp_path / "run"
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+    subprocess.run([*launch, *pretrain_cmd(out)], check=True, env=data_dir_module, timeout=300)
+    record = (out / "run.json").read_text()
+    assert '"world_size": 2' in record
+    assert_same_weights(weights(out), reference)
+
+
+def test_two_machines_on_loopback_match_one(reference, data_dir_module, tmp_path) -> None:
+    out = tmp_path / "run"
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--multi_gpu",
+                "--num_processes",
+                "2",
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                port,
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                *pretrain_cmd(out),
+            ],
+            env=data_dir_module,
+        )
+        for rank in (0, 1)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert_same_weights(weights(out), reference)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
