@@ -31,7 +31,7 @@ def data_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
 HUB_TOKEN = "copre-hub-test-token"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def hub_token() -> str:
     """The token the test endpoints accept (also exported as HF_TOKEN by ``hub_env``)."""
     return HUB_TOKEN
@@ -58,7 +58,7 @@ def hub_server(tmp_path: Path, hub_env: Path, monkeypatch: pytest.MonkeyPatch):
         yield url
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_checkpoint():
     """Factory: ``make_checkpoint(folder, seed)`` writes a seeded timm ``test_resnet`` checkpoint (7 classes at 32x32
     by default) with save_checkpoint and returns ``(model, folder)``."""

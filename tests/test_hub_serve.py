@@ -41,7 +41,20 @@ def auth(hub_token: str) -> dict[str, str]:
 @pytest.fixture
 def repo(api: HfApi, tmp_path: Path) -> str:
     """``org/model`` with one commit on main holding a.txt, sub/b.bin and README.md; returns that commit."""
-    folder = tmp_path / "files"
+    return make_repo(api, tmp_path / "files")
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory, hub_token: str):
+    """One endpoint and repository shared by the tests of refused requests (each checks nothing changed):
+    yields ``(url, api, commit, auth headers)``."""
+    root = tmp_path_factory.mktemp("refusals")
+    with running(root / "storage", tokens=[hub_token]) as url:
+        api = HfApi(endpoint=url, token=hub_token)
+        yield url, api, make_repo(api, root / "files"), {"authorization": f"Bearer {hub_token}"}
+
+
+def make_repo(api: HfApi, folder: Path) -> str:
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("first")
     (folder / "sub" / "b.bin").write_bytes(os.urandom(3000))
@@ -140,9 +153,10 @@ def test_tags_branches_refs_and_history(api: HfApi, repo: str, tmp_path: Path, h
         (REPO, "main", "missing.txt", EntryNotFoundError),
     ],
 )
-def test_errors_map_to_the_client_exceptions(repo, hub_server, hub_token, tmp_path, repo_id, revision, filename, error):
+def test_errors_map_to_the_client_exceptions(refusals, hub_token, tmp_path, repo_id, revision, filename, error):
+    url = refusals[0]
     with pytest.raises(error):
-        hf_hub_download(repo_id, filename, revision=revision, endpoint=hub_server, cache_dir=tmp_path, token=hub_token)
+        hf_hub_download(repo_id, filename, revision=revision, endpoint=url, cache_dir=tmp_path, token=hub_token)
 
 
 def test_stale_parent_commit_is_refused(api: HfApi, repo: str) -> None:
@@ -152,16 +166,17 @@ def test_stale_parent_commit_is_refused(api: HfApi, repo: str) -> None:
     assert "another push landed first" in str(caught.value)
 
 
-def test_writes_need_the_token_and_leave_data_intact(api: HfApi, repo: str, hub_server: str) -> None:
+def test_writes_need_the_token_and_leave_data_intact(refusals) -> None:
+    url, api, repo, _ = refusals
     for token in (False, "wrong-token"):
-        anonymous = HfApi(endpoint=hub_server, token=token)
+        anonymous = HfApi(endpoint=url, token=token)
         with pytest.raises(HfHubHTTPError, match="401") as caught:
             anonymous.upload_file(path_or_fileobj=b"evil", path_in_repo="a.txt", repo_id=REPO)
         assert "set HF_TOKEN" in str(caught.value)
         with pytest.raises(HfHubHTTPError, match="401"):
             anonymous.create_repo("org/other")
     assert head(api) == repo
-    assert httpx.get(f"{hub_server}/{REPO}/resolve/main/a.txt").text == "first"
+    assert httpx.get(f"{url}/{REPO}/resolve/main/a.txt").text == "first"
 
 
 def test_private_repositories_and_gated_reads(tmp_path: Path, hub_token: str) -> None:
@@ -203,26 +218,26 @@ def test_read_only_endpoint_refuses_writes(tmp_path: Path, hub_token: str) -> No
         "",
     ],
 )
-def test_bad_paths_are_refused_at_preupload_and_commit(api, repo, hub_server, auth, tmp_path: Path, path: str) -> None:
+def test_bad_paths_are_refused_at_preupload_and_commit(refusals, tmp_path_factory, path: str) -> None:
+    url, api, repo, auth = refusals
     preupload = httpx.post(
-        f"{hub_server}/api/models/{REPO}/preupload/main",
+        f"{url}/api/models/{REPO}/preupload/main",
         json={"files": [{"path": path, "size": 4, "sample": ""}]},
         headers=auth,
     )
     assert preupload.status_code == 400 and "file path" in preupload.json()["error"]
     body = commit_body(header(), add(path, b"evil"))
-    response = httpx.post(f"{hub_server}/api/models/{REPO}/commit/main", content=body, headers=auth)
+    response = httpx.post(f"{url}/api/models/{REPO}/commit/main", content=body, headers=auth)
     assert response.status_code == 400 and "file path" in response.json()["error"]
-    assert head(api) == repo and not list(tmp_path.rglob("escape.txt"))
+    assert head(api) == repo and not list(tmp_path_factory.getbasetemp().rglob("escape.txt"))
 
 
-def test_bad_repository_names_are_refused(hub_server: str, auth: dict) -> None:
+def test_bad_repository_names_are_refused(refusals) -> None:
+    url, _, _, auth = refusals
     for name in ("a..b", "-lead", "x" * 97, "dots.git", "sp ace", "../up"):
-        response = httpx.post(
-            f"{hub_server}/api/repos/create", json={"name": name, "organization": "org"}, headers=auth
-        )
+        response = httpx.post(f"{url}/api/repos/create", json={"name": name, "organization": "org"}, headers=auth)
         assert response.status_code == 400, name
-    response = httpx.get(f"{hub_server}/api/models/org/{'x' * 5000}")
+    response = httpx.get(f"{url}/api/models/org/{'x' * 5000}")
     assert response.status_code == 414
 
 
@@ -254,8 +269,9 @@ def test_bad_repository_names_are_refused(hub_server: str, auth: dict) -> None:
         "delete-missing",
     ],
 )
-def test_malformed_commit_bodies_change_nothing(api, repo, hub_server, auth, body: bytes, message: str) -> None:
-    response = httpx.post(f"{hub_server}/api/models/{REPO}/commit/main", content=body, headers=auth)
+def test_malformed_commit_bodies_change_nothing(refusals, body: bytes, message: str) -> None:
+    url, api, repo, auth = refusals
+    response = httpx.post(f"{url}/api/models/{REPO}/commit/main", content=body, headers=auth)
     assert response.status_code in (400, 404) and message in response.json()["error"]
     assert head(api) == repo
     assert sorted(api.list_repo_files(REPO)) == ["README.md", "a.txt", "sub/b.bin"]
@@ -335,8 +351,9 @@ def test_concurrent_pushes_lose_no_commit(api: HfApi, repo: str) -> None:
     assert len(api.list_repo_commits(REPO)) == 2 + clients * pushes_per_client
 
 
-def test_validate_yaml(hub_server: str) -> None:
-    ok = httpx.post(f"{hub_server}/api/validate-yaml", json={"content": "---\nlicense: mit\n---\n"})
+def test_validate_yaml(refusals) -> None:
+    url = refusals[0]
+    ok = httpx.post(f"{url}/api/validate-yaml", json={"content": "---\nlicense: mit\n---\n"})
     assert ok.status_code == 200
-    bad = httpx.post(f"{hub_server}/api/validate-yaml", json={"content": "---\nlicense: [mit\n---\n"})
+    bad = httpx.post(f"{url}/api/validate-yaml", json={"content": "---\nlicense: [mit\n---\n"})
     assert bad.status_code == 400 and bad.json()["errors"]

@@ -120,7 +120,7 @@ def test_second_order_pulls_the_meta_gradient_through_local_steps() -> None:
     """With second_order, the step is J^T v summed over clients; check it against unrolled autograd."""
     phi_bar, method, sim = run_round(gamma=0.5, meta_lr=1e-12)
     first, _, _ = run_round(gamma=0.5, meta_lr=0.05)
-    second, _method2, _sim2 = run_round(gamma=0.5, meta_lr=0.05, second_order=True)
+    second, _, _ = run_round(gamma=0.5, meta_lr=0.05, second_order=True)
     v = (phi_bar - first) / 0.05  # the first-order meta-gradient at the temporary model
     start = torch.nn.utils.parameters_to_vector(tiny_model().parameters()).detach()
     participants = method.sample(sim.data, SEED, 0)
@@ -148,3 +148,14 @@ def test_second_order_pulls_the_meta_gradient_through_local_steps() -> None:
     _, expected = torch.autograd.functional.vjp(temporary, start, v)
     torch.testing.assert_close(second, phi_bar - 0.05 * expected, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(second, first)
+
+
+def test_fit_with_own_module_and_client_tensors() -> None:
+    from copre_hub.fl import CoPreFL
+
+    model = tiny_model()
+    before = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    history = CoPreFL(rounds=2, participants=2, local_epochs=1, batch_size=8).fit(model, tiny_federation(), seed=0)
+    assert [h["round"] for h in history] == [1, 2]
+    assert {"train_loss", "query_loss_mean", "query_loss_var", "meta_loss"} <= history[-1].keys()
+    assert not torch.equal(before, torch.nn.utils.parameters_to_vector(model.parameters()))

@@ -1,0 +1,64 @@
+"""The federated simulation engine: CoPreFL, its baselines, and the machinery they share.
+
+Use it from Python with your own model and per-client data::
+
+    from copre_hub.fl import CoPreFL, FederatedData
+
+    data = FederatedData.from_tensors([(x0, y0), (x1, y1), (x2, y2)])   # one (inputs, labels) pair per client
+    history = CoPreFL(rounds=10, participants=2, gamma=0.5).fit(my_model, data, seed=0)
+
+or from a recipe (what ``copre-hub pretrain`` does)::
+
+    from copre_hub.fl import load_recipe, pretrain
+
+    pretrain(load_recipe("training/recipes/smoke.toml"), "runs/smoke")
+
+Names are imported on first use, so ``import copre_hub.fl`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "FederatedData": "copre_hub.fl.partition",
+    "Simulation": "copre_hub.fl.simulation",
+    "Processes": "copre_hub.fl.distributed",
+    "Method": "copre_hub.fl.methods.base",
+    "CoPreFL": "copre_hub.fl.methods.coprefl",
+    "CoPreFLSGD": "copre_hub.fl.methods.coprefl_sgd",
+    "FedAvg": "copre_hub.fl.methods.fedavg",
+    "FedMeta": "copre_hub.fl.methods.fedmeta",
+    "QFFL": "copre_hub.fl.methods.qffl",
+    "Centralized": "copre_hub.fl.methods.centralized",
+    "create_method": "copre_hub.fl.methods",
+    "Recipe": "copre_hub.fl.recipe",
+    "load_recipe": "copre_hub.fl.recipe",
+    "pretrain": "copre_hub.fl.pretrain",
+}
+
+__all__ = list(_LAZY)
+
+if TYPE_CHECKING:
+    from copre_hub.fl.distributed import Processes
+    from copre_hub.fl.methods import create_method
+    from copre_hub.fl.methods.base import Method
+    from copre_hub.fl.methods.centralized import Centralized
+    from copre_hub.fl.methods.coprefl import CoPreFL
+    from copre_hub.fl.methods.coprefl_sgd import CoPreFLSGD
+    from copre_hub.fl.methods.fedavg import FedAvg
+    from copre_hub.fl.methods.fedmeta import FedMeta
+    from copre_hub.fl.methods.qffl import QFFL
+    from copre_hub.fl.partition import FederatedData
+    from copre_hub.fl.pretrain import pretrain
+    from copre_hub.fl.recipe import Recipe, load_recipe
+    from copre_hub.fl.simulation import Simulation
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'copre_hub.fl' has no attribute {name!r}")

@@ -22,8 +22,9 @@ def trajectory_vjp(
     vector: torch.Tensor,
     lr: float,
     batch_size: int,
-    epochs: int,
     generator: torch.Generator,
+    epochs: int | None = None,
+    steps: int | None = None,
 ) -> torch.Tensor:
     """``J^T vector`` where J is the Jacobian of the client's final parameters with respect to its start."""
     flat = sim.flat
@@ -31,7 +32,7 @@ def trajectory_vjp(
     buffers = {name: t.clone() for name, t in flat.unflatten(start).items() if name in set(flat.buffer_names)}
     theta = theta0
     sim.model.train()
-    for batch in iterate_batches(indices, batch_size, generator, epochs=epochs):
+    for batch in iterate_batches(indices, batch_size, generator, epochs=epochs, steps=steps):
         x, y = sim.batch(batch, generator)
         with sim.processes.autocast():
             logits = functional_call(sim.model, {**flat.unflatten(theta), **buffers}, (x,))

@@ -211,7 +211,8 @@ def push(
     api = HfApi(endpoint=endpoint, token=_env.token())
     repo = ref.repo_id
     with _hub_errors(f"push of {folder} to {repo}", ref, endpoint):
-        api.create_repo(repo, private=private, exist_ok=True)
+        if not api.repo_exists(repo):  # create_repo(exist_ok) mishandles a 401 on non-huggingface.co endpoints
+            api.create_repo(repo, private=private, exist_ok=True)
         if branch != DEFAULT_REVISION:
             api.create_branch(repo, branch=branch, exist_ok=True)
         stale = [path for path in api.list_repo_files(repo, revision=branch) if path not in files]

@@ -6,6 +6,7 @@ Registering them imports nothing heavy: each handler imports what it needs when 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -157,7 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
     writes = "writes need a token" if tokens else "read-only (no token given)"
     reads = "reads need a token" if args.gated_reads else "public reads"
     print(f"copre-hub serve: {url_of(sock)} (storage {args.storage}; {writes}; {reads})", flush=True)
-    server.run(sockets=[sock])
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: uvicorn re-raises it once shut down
+        server.run(sockets=[sock])
     return 0
 
 

@@ -23,6 +23,7 @@ import torch
 
 from copre_hub.errors import ConfigError, DataError
 from copre_hub.fl.aggregate import Accumulator
+from copre_hub.fl.distributed import Processes
 from copre_hub.fl.partition import FederatedData, check_support_query, support_query
 from copre_hub.fl.seeding import generator
 from copre_hub.fl.simulation import Simulation, iterate_batches
@@ -48,6 +49,7 @@ class Method:
         rounds: T, pre-training rounds.
         participants: |m|, clients sampled per round (without replacement).
         local_epochs: E, passes over the client's training data per round.
+        local_steps: instead of epochs, exactly this many mini-batch steps per round (downstream FL uses 5).
         batch_size, lr: local mini-batch SGD.
         scenario: 1 (all data on clients) or 2 (hybrid: the server holds a small share, ``FederatedData.server``).
         server_steps, server_lr: Scenario II refinement, SGD iterations on the server data after each round.
@@ -60,6 +62,7 @@ class Method:
     rounds: int = 50
     participants: int = 20
     local_epochs: int = 5
+    local_steps: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     scenario: int = 1
@@ -73,8 +76,8 @@ class Method:
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"method.{key} must be at least 1, got {value}.")
-        if self.local_epochs < 0 or self.server_steps < 0:
-            raise ConfigError("method.local_epochs and method.server_steps cannot be negative.")
+        if self.local_epochs < 0 or self.server_steps < 0 or (self.local_steps is not None and self.local_steps < 1):
+            raise ConfigError("method.local_epochs and server_steps cannot be negative, nor local_steps below 1.")
         if self.lr <= 0 or self.server_lr <= 0:
             raise ConfigError(f"learning rates must be positive (lr={self.lr}, server_lr={self.server_lr}).")
         if self.scenario not in (1, 2):
@@ -113,6 +116,21 @@ class Method:
             check_support_query(data.client_sizes, self.query_fraction)
 
     # ------------------------------------------------------------------ the loop
+
+    def fit(
+        self,
+        model: torch.nn.Module,
+        data: FederatedData,
+        seed: int = 0,
+        processes: Processes | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> list[dict]:
+        """Pre-train ``model`` in place on ``data`` for all rounds; returns the per-round metrics.
+
+        Raises:
+            DataError: the federation does not fit the method (see :meth:`validate`).
+        """
+        return self.run(Simulation(model, data, processes), seed, on_round=on_round)
 
     def run(
         self,
@@ -171,14 +189,13 @@ class Method:
     def train_client(self, sim: Simulation, seed: int, t: int, client: int) -> ClientResult:
         """Local SGD from the round's start; the trained weights are left in ``sim.flat``."""
         indices = self.training_indices(sim, seed, t, client)
-        loss = sim.train(
-            indices,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            epochs=self.local_epochs,
-            generator=generator(seed, "batches", t, client),
-        )
+        loss = sim.train(indices, generator=generator(seed, "batches", t, client), **self.local_schedule())
         return ClientResult(weight=float(indices.numel()), loss=loss)
+
+    def local_schedule(self) -> dict:
+        """Keyword arguments of :meth:`Simulation.train` for one client's local update."""
+        amount = {"epochs": self.local_epochs} if self.local_steps is None else {"steps": self.local_steps}
+        return {"lr": self.lr, "batch_size": self.batch_size, **amount}
 
     def accumulator(self, sim: Simulation) -> Accumulator:
         """The round's running sums (allocated once per simulation, zeroed each round)."""

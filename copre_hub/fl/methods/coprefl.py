@@ -134,10 +134,8 @@ class CoPreFL(Method):
                 start=round_start,
                 indices=self.training_indices(sim, seed, t, client),
                 vector=meta_grad.float(),
-                lr=self.lr,
-                batch_size=self.batch_size,
-                epochs=self.local_epochs,
                 generator=generator(seed, "batches", t, client),
+                **self.local_schedule(),
             )
             acc.add_("g", vjp, weights[pos] / total)
         return acc.reduce_(sim.processes)["g"].clone()

@@ -39,7 +39,8 @@ class FedMeta(Method):
         flat = sim.flat
         sim.model.train()
         total, count = 0.0, 0
-        for batch in iterate_batches(support, self.batch_size, draws, epochs=self.local_epochs):
+        amount = {"epochs": self.local_epochs} if self.local_steps is None else {"steps": self.local_steps}
+        for batch in iterate_batches(support, self.batch_size, draws, **amount):
             theta.copy_(flat.params)
             flat.zero_grad_()
             support_loss = sim.loss(*sim.batch(batch, draws))

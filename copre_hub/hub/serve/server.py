@@ -20,10 +20,11 @@ from copre_hub.hub.serve.storage import RepoStore
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 _STARTUP_TIMEOUT_S = 30.0
+_BACKLOG = 2048
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (``port=0``: a free port).
+    """A listening TCP socket on ``host:port`` (``port=0``: a free port).
 
     Raises:
         ConfigError: the address cannot be bound (in use, not local, no permission).
@@ -33,6 +34,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(_BACKLOG)  # connections queue from now on, even before uvicorn accepts them
     except OSError as error:
         sock.close()
         raise ConfigError(

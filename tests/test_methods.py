@@ -1,0 +1,148 @@
+"""The baselines against hand-written reference loops, and every shipped recipe against the recipe schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_meta_step import SEED, tiny_federation, tiny_model
+from torch.nn import functional as F
+
+from copre_hub.fl.methods import available, create_method
+from copre_hub.fl.partition import FederatedData
+from copre_hub.fl.recipe import load_recipe
+from copre_hub.fl.seeding import generator
+from copre_hub.fl.simulation import Simulation, iterate_batches
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "training" / "recipes").glob("*.toml"))
+
+
+def flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+
+
+def local_sgd(
+    data: FederatedData, indices: torch.Tensor, draws: torch.Generator, epochs: int, lr: float, batch_size: int
+) -> torch.Tensor:
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for batch in iterate_batches(indices, batch_size, draws, epochs=epochs):
+        opt.zero_grad()
+        F.cross_entropy(model(data.images[batch]), data.labels[batch]).backward()
+        opt.step()
+    return flat(model)
+
+
+def run(name: str, data: FederatedData | None = None, **args) -> tuple[torch.Tensor, object, FederatedData]:
+    data = data or tiny_federation()
+    method = create_method(name, **{"rounds": 1, "participants": 3, "local_epochs": 2, "batch_size": 8, **args})
+    model = tiny_model()
+    method.fit(model, data, seed=SEED)
+    return flat(model), method, data
+
+
+def test_fedavg_is_the_size_weighted_mean_of_local_sgd() -> None:
+    after, method, data = run("fedavg")
+    clients = method.sample(data, SEED, 0)
+    locals_ = [local_sgd(data, data.clients[c], generator(SEED, "batches", 0, c), 2, method.lr, 8) for c in clients]
+    sizes = torch.tensor([float(data.clients[c].numel()) for c in clients])
+    expected = sum(w * v for w, v in zip(sizes / sizes.sum(), locals_, strict=True))
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_qffl_with_q_zero_is_the_unweighted_mean() -> None:
+    after, method, data = run("qffl", q=0.0)
+    clients = method.sample(data, SEED, 0)
+    locals_ = [local_sgd(data, data.clients[c], generator(SEED, "batches", 0, c), 2, method.lr, 8) for c in clients]
+    torch.testing.assert_close(after, torch.stack(locals_).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_qffl_weighs_high_loss_clients_more() -> None:
+    fair, _, _ = run("qffl", q=5.0)
+    plain, _, _ = run("qffl", q=0.0)
+    assert not torch.allclose(fair, plain)
+
+
+def test_fedmeta_one_client_by_hand() -> None:
+    data = tiny_federation(num_clients=1)
+    method = create_method("fedmeta", rounds=1, participants=1, local_epochs=1, batch_size=8, lr=0.1, meta_lr=0.05)
+    model = tiny_model()
+    method.fit(model, data, seed=SEED)
+    support, query = method.split(data.clients[0], SEED, 0, 0)
+    reference = tiny_model()
+    draws, query_draws = generator(SEED, "batches", 0, 0), generator(SEED, "query", 0, 0)
+    queries = iterate_batches(query, 8, query_draws, steps=100)
+    for batch in iterate_batches(support, 8, draws, epochs=1):
+        theta = [p.detach().clone() for p in reference.parameters()]
+        loss = F.cross_entropy(reference(data.images[batch]), data.labels[batch])
+        grads = torch.autograd.grad(loss, list(reference.parameters()))
+        with torch.no_grad():
+            for p, g in zip(reference.parameters(), grads, strict=True):
+                p -= 0.1 * g  # inner step
+        q = next(queries)
+        loss = F.cross_entropy(reference(data.images[q]), data.labels[q])
+        grads = torch.autograd.grad(loss, list(reference.parameters()))
+        with torch.no_grad():
+            for p, t, g in zip(reference.parameters(), theta, grads, strict=True):
+                p.copy_(t - 0.05 * g)  # outer step from the pre-adaptation weights
+    torch.testing.assert_close(flat(model), flat(reference), rtol=1e-5, atol=1e-6)
+
+
+def test_scenario_two_refines_on_server_data() -> None:
+    g = torch.Generator().manual_seed(5)
+    clients = [(torch.randn(20, 3, 2, 2, generator=g), torch.randint(0, 3, (20,), generator=g)) for _ in range(4)]
+    server = (torch.randn(30, 3, 2, 2, generator=g), torch.randint(0, 3, (30,), generator=g))
+    data = FederatedData.from_tensors(clients, server=server, num_classes=3)
+    plain, _, _ = run("fedavg", data=data)
+    hybrid, method, _ = run("fedavg", data=data, scenario=2, server_steps=3, server_lr=0.1)
+    model = tiny_model()
+    torch.nn.utils.vector_to_parameters(plain.clone(), model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for batch in iterate_batches(data.server, 8, generator(SEED, "server", 0), steps=3):
+        opt.zero_grad()
+        F.cross_entropy(model(data.images[batch]), data.labels[batch]).backward()
+        opt.step()
+    torch.testing.assert_close(hybrid, flat(model), rtol=1e-5, atol=1e-6)
+
+
+def test_centralized_is_sgd_on_pooled_data() -> None:
+    after, method, data = run("centralized", batch_size=16)
+    pooled = torch.cat(data.clients)
+    expected = local_sgd(data, pooled, generator(SEED, "centralized", 0), 1, method.lr, 16)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(available()))
+def test_every_method_changes_weights_and_reports_loss(name: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    clients = [(torch.randn(20, 3, 2, 2, generator=g), torch.randint(0, 3, (20,), generator=g)) for _ in range(4)]
+    server = (torch.randn(30, 3, 2, 2, generator=g), torch.randint(0, 3, (30,), generator=g))
+    data = FederatedData.from_tensors(clients, server=server, num_classes=3)
+    model = tiny_model()
+    before = flat(model).clone()
+    scenario = 2 if name == "coprefl-sgd" else 1
+    history = create_method(name, rounds=2, participants=2, local_epochs=1, batch_size=8, scenario=scenario).fit(
+        model, data, seed=0
+    )
+    assert len(history) == 2 and history[-1]["train_loss"] > 0
+    assert not torch.equal(before, flat(model))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipes_are_valid(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem or path.stem == "smoke"
+    assert recipe.build_method().name == recipe.method["name"]
+
+
+def test_simulation_restores_weights_in_place_without_copies() -> None:
+    sim = Simulation(tiny_model(), tiny_federation())
+    storage = sim.flat.vector.data_ptr()
+    sim.snapshot()
+    sim.train(sim.data.clients[0], lr=0.5, batch_size=8, generator=generator(0), epochs=1)
+    assert not torch.equal(sim.flat.vector, sim.start)
+    sim.restore()
+    assert torch.equal(sim.flat.vector, sim.start)
+    assert sim.flat.vector.data_ptr() == storage
+    assert all(p.grad.data_ptr() >= sim.flat.grad.data_ptr() for p in sim.model.parameters())
