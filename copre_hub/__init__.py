@@ -21,7 +21,7 @@ _LAZY = {
     "info": "copre_hub.hub.api",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "info", "list_models", "load", "pull", "push"]
 
 if TYPE_CHECKING:
     from copre_hub.hub.api import info, list_models, load, pull, push

@@ -95,7 +95,7 @@ def test_scenario_two_refines_on_server_data() -> None:
     server = (torch.randn(30, 3, 2, 2, generator=g), torch.randint(0, 3, (30,), generator=g))
     data = FederatedData.from_tensors(clients, server=server, num_classes=3)
     plain, _, _ = run("fedavg", data=data)
-    hybrid, method, _ = run("fedavg", data=data, scenario=2, server_steps=3, server_lr=0.1)
+    hybrid, _, _ = run("fedavg", data=data, scenario=2, server_steps=3, server_lr=0.1)
     model = tiny_model()
     torch.nn.utils.vector_to_parameters(plain.clone(), model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

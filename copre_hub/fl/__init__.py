@@ -38,7 +38,22 @@ _LAZY = {
     "pretrain": "copre_hub.fl.pretrain",
 }
 
-__all__ = list(_LAZY)
+__all__ = [  # noqa: RUF022 - grouped as in _LAZY
+    "FederatedData",
+    "Simulation",
+    "Processes",
+    "Method",
+    "CoPreFL",
+    "CoPreFLSGD",
+    "FedAvg",
+    "FedMeta",
+    "QFFL",
+    "Centralized",
+    "create_method",
+    "Recipe",
+    "load_recipe",
+    "pretrain",
+]
 
 if TYPE_CHECKING:
     from copre_hub.fl.distributed import Processes
