@@ -149,6 +149,10 @@ def test_push_mirrors_the_folder_and_refuses_pickles(hub_server: str, tiny_check
     _, second = make_checkpoint(tmp_path / "second", seed=5)
     copre_hub.push(second, REPO)
     assert sorted(api.list_repo_files(REPO)) == ["README.md", "config.json", "model.safetensors"]
+    first = copre_hub.push(second, REPO, tag="v2")
+    assert copre_hub.push(second, REPO, tag="v2").oid == first.oid  # the same push again: no commit, same tag
+    with pytest.raises(ConfigError, match="tag 'v2' already exists"):
+        copre_hub.push(folder, REPO, tag="v2")
     (second / "optimizer.pt").write_bytes(b"pickle")
     with pytest.raises(CheckpointError, match=r"pickle files \(optimizer.pt\)"):
         copre_hub.push(second, REPO)
@@ -238,7 +242,7 @@ BAD_INPUTS = {
     "corrupted-weights": (
         lambda ctx: copre_hub.load(_corrupt_cached_weights(ctx)),
         IntegrityError,
-        r"'org/tiny'.*sha256 .* differs .*pull it again",
+        r"'org/tiny'.*sha256 .* differs .*Delete the cached copy .*models--org--tiny and pull again",
     ),
     "other-architecture": (
         lambda ctx: copre_hub.load(_push_raw(ctx, lambda f: _edit_config(f, architecture="resnet18"))),
@@ -275,3 +279,13 @@ def test_bad_input_gives_a_clear_error_and_keeps_stored_data(case, published, tm
     monkeypatch.setenv("HF_HOME", str(tmp_path / "after"))  # a fresh cache: read back what the endpoint stores
     assert same_weights(published.v2, copre_hub.load(REPO).state_dict())
     assert HfApi(endpoint=published.url).model_info(REPO).sha == published.c2
+
+
+def test_a_corrupted_cached_copy_is_refused_until_fetched_again(published) -> None:
+    weights = copre_hub.pull(REPO) / "model.safetensors"
+    weights.resolve().write_bytes(b"\0" * 16)  # the blob behind the snapshot's symlink
+    with pytest.raises(IntegrityError) as caught:
+        copre_hub.load(REPO)
+    shutil.rmtree(weights.parent.parent.parent)  # what the message says: the repository's cache folder
+    assert str(weights.parent.parent.parent) in str(caught.value)
+    assert same_weights(published.v2, copre_hub.load(REPO).state_dict())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 
@@ -203,3 +204,27 @@ def test_verify_accepts_a_plain_timm_export_without_our_block(tmp_path: Path) ->
     timm.models.save_for_hf(model, tmp_path / "plain", safe_serialization=True)  # no copre_hub block
     config = verify_checkpoint(tmp_path / "plain")
     assert "copre_hub" not in config
+
+
+@pytest.mark.parametrize(
+    ("architecture", "model_args", "input_size"),
+    [("femnist_cnn", {"in_chans": 1, "img_size": 28}, (1, 28, 28)), ("resnet18_cifar", {}, (3, 32, 32))],
+)
+def test_copre_hub_registered_architectures_round_trip(tmp_path: Path, architecture, model_args, input_size) -> None:
+    importlib.import_module("copre_hub.fl.models")  # registers them with timm, as load() does
+    model = timm.create_model(architecture, num_classes=6, **model_args)
+    channels = input_size[0]
+    folder = save_checkpoint(
+        model,
+        tmp_path / architecture,
+        architecture=architecture,
+        model_args=model_args,
+        num_classes=6,
+        input_size=input_size,
+        mean=(0.5,) * channels,
+        std=(0.5,) * channels,
+        copre_hub_meta={},
+    )
+    assert same_weights(model, load_checkpoint(folder))
+    fresh = load_checkpoint(folder, num_classes=5)
+    assert fresh.get_classifier().out_features == 5 and same_weights(model, fresh, skip="fc.")

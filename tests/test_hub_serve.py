@@ -242,6 +242,24 @@ def test_bad_repository_names_are_refused(refusals) -> None:
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/%2E%2E/%2E%2E/resolve/main/repo.json", 401),
+        ("GET", "/api/models/..%2F..%2Frepos/x", 401),
+        ("GET", f"/{REPO}/resolve/..%2F..%2F..%2Fblobs/a.txt", 404),
+        ("GET", f"/{REPO}/resolve/main/..%2Fa.txt", 404),
+        ("DELETE", f"/api/models/{REPO}/tag/..", 404),
+        ("POST", f"/api/models/{REPO}/commit/..%2Fheads%2Fmain", 404),
+    ],
+)
+def test_traversal_in_urls_reaches_nothing(refusals, method: str, path: str, status: int) -> None:
+    url, api, repo, auth = refusals
+    response = httpx.request(method, url + path, headers=auth if method != "GET" else {}, content=b"")
+    assert response.status_code == status
+    assert head(api) == repo and api.list_repo_refs(REPO).tags == []
+
+
+@pytest.mark.parametrize(
     ("body", "message"),
     [
         (b"", "empty"),

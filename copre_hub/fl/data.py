@@ -57,8 +57,8 @@ KNOWN_DATASETS: dict[str, DatasetSpec] = {
         writer_columns=("writer_id",),
         pretrain_classes=tuple(range(10, 62)),
         downstream_classes=tuple(range(10)),
-        mean=(0.9637,),
-        std=(0.1591,),
+        mean=(0.9614,),  # measured on the 300-writer LEAF subset (white background)
+        std=(0.1644,),
         flip=False,
     ),
     "tiny-imagenet": DatasetSpec(

@@ -16,9 +16,9 @@ Resolution order of :func:`pull` (and so of :func:`load` and :func:`info`):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from copre_hub.errors import (
     ConfigError,
     CopreHubError,
     HubEndpointError,
+    IntegrityError,
     ModelNotFoundError,
     OfflineModelNotCachedError,
     RevisionNotFoundError,
@@ -55,12 +56,12 @@ from copre_hub.hub.ids import (
 
 if TYPE_CHECKING:
     import torch
-    from huggingface_hub import CommitInfo
+    from huggingface_hub import CommitInfo, HfApi
 
 _REPO_FOLDER_PREFIX = "models--"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ModelListing:
     """One model known to copre-hub.
 
@@ -77,7 +78,7 @@ class ModelListing:
     on_endpoint: bool = False
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class CheckpointInfo:
     """What :func:`info` reports about a checkpoint.
 
@@ -103,7 +104,7 @@ class CheckpointInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``path`` as a string)."""
-        return {**self.__dict__, "path": str(self.path)}
+        return {**dataclasses.asdict(self), "path": str(self.path)}
 
 
 def load(
@@ -138,7 +139,7 @@ def load(
     """
     ref = parse_model_id(model_id)
     folder = _fetch(ref, revision)
-    with _naming(ref):
+    with _naming(ref, folder):
         return load_checkpoint(folder, num_classes=num_classes, **timm_kwargs)
 
 
@@ -155,7 +156,7 @@ def pull(model_id: str | os.PathLike[str], revision: str | None = None) -> Path:
     """
     ref = parse_model_id(model_id)
     folder = _fetch(ref, revision)
-    with _naming(ref):
+    with _naming(ref, folder):
         verify_checkpoint(folder)
     return folder
 
@@ -181,7 +182,8 @@ def push(
         repo_id: ``org/name`` or a short id (expanded with the default organisation).
         private: create the repository private (only applies when it is created).
         revision: target branch (default ``main``).
-        tag: tag to create on the new commit; tags never move, so an existing tag is an error.
+        tag: tag to create on the new commit; tags never move, so a tag that exists on another commit is an error
+            (pushing the same folder again with the same tag is not).
         commit_message: defaults to ``Upload <model id> with copre-hub``.
 
     Returns:
@@ -250,8 +252,7 @@ def list_models(remote: bool = False, author: str | None = None) -> list[ModelLi
 
     def add(repo_id: str, **fields: Any) -> None:
         key = repo_id.lower()
-        current = listings.get(key, ModelListing(repo_id=repo_id))
-        listings[key] = ModelListing(**{**current.__dict__, **fields})
+        listings[key] = dataclasses.replace(listings.get(key, ModelListing(repo_id=repo_id)), **fields)
 
     for model in PUBLISHED:
         add(published_repo_id(model), published=model)
@@ -275,7 +276,7 @@ def info(model_id: str | os.PathLike[str], revision: str | None = None) -> Check
 
     ref = parse_model_id(model_id)
     folder = _fetch(ref, revision)
-    with _naming(ref):
+    with _naming(ref, folder):
         config = verify_checkpoint(folder)
     card_path = folder / CARD_NAME
     card = ModelCard.load(card_path, ignore_metadata_errors=True).data if card_path.is_file() else None
@@ -392,7 +393,7 @@ def _endpoint_repos(author: str) -> list[str]:
         return [model.id for model in HfApi(endpoint=endpoint, token=_env.token()).list_models(author=author)]
 
 
-def _create_tag(api: Any, ref: ModelRef, tag: str, commit: str, endpoint: str) -> None:
+def _create_tag(api: HfApi, ref: ModelRef, tag: str, commit: str, endpoint: str) -> None:
     from huggingface_hub.errors import HfHubHTTPError
 
     with _hub_errors(f"tagging {ref.repo_id}@{commit} as {tag!r}", ref, endpoint):
@@ -401,6 +402,8 @@ def _create_tag(api: Any, ref: ModelRef, tag: str, commit: str, endpoint: str) -
         except HfHubHTTPError as error:
             if error.response.status_code != 409:
                 raise
+            if any(t.name == tag and t.target_commit == commit for t in api.list_repo_refs(ref.repo_id).tags):
+                return  # the same push again (nothing changed): the tag already names this commit
             raise ConfigError(
                 f"tag {tag!r} already exists on {ref.repo_id} (tags never move); commit {commit} was pushed "
                 "untagged: tag it with another name."
@@ -428,14 +431,18 @@ def _is_hidden(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _naming(ref: ModelRef) -> Iterator[None]:
-    """Prefix checkpoint errors with the id the caller used (they name the folder, which may be a cache path)."""
+def _naming(ref: ModelRef, folder: Path) -> Iterator[None]:
+    """Prefix checkpoint errors with the id the caller used (they name the folder, which may be a cache snapshot);
+    for a corrupted cached file, say how to get a clean copy (the cache would re-link the same blob)."""
     try:
         yield
     except CheckpointError as error:
         if ref.path is not None:
             raise
-        raise type(error)(f"{ref.text!r}: {error}") from error
+        fix = ""
+        if isinstance(error, IntegrityError):
+            fix = f" Delete the cached copy {folder.parent.parent} and pull again."
+        raise type(error)(f"{ref.text!r}: {error}{fix}") from error
 
 
 @contextlib.contextmanager

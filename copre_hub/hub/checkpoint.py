@@ -57,7 +57,7 @@ def save_checkpoint(
     leaves weights whose sha256 disagrees with ``config.json``, which every load refuses.
 
     Args:
-        model: the timm model (any device; tensors are copied to CPU, shared tensors are stored once per name).
+        model: the timm model (any device; tensors are copied to CPU; tied tensors are stored under each name).
         folder: destination folder; created with its parents.
         architecture: timm model name (``timm.create_model(architecture, **model_args)`` rebuilds it).
         model_args: JSON-serialisable constructor arguments recorded as ``model_args``.
@@ -83,7 +83,6 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    tensors = _safetensors_state_dict(model)
     config = timm_config(
         model,
         architecture=architecture,
@@ -95,9 +94,11 @@ def save_checkpoint(
         copre_hub_meta=copre_hub_meta,
         label_names=label_names,
     )
+    tensors = _safetensors_state_dict(model)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        staging.chmod(0o755)  # mkdtemp's 0o700 would become the checkpoint folder's mode
     except OSError as error:
         raise OutputError(f"cannot write checkpoint folder {folder}: {error.strerror}.") from error
     try:
@@ -225,7 +226,9 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
                 "and never unpickles. Convert on a trusted machine: safetensors.torch.save_file(state_dict, "
                 "'model.safetensors')."
             )
-        raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}; re-export it with copre_hub.hub.save_checkpoint.")
+        raise CheckpointError(
+            f"{folder} has no {WEIGHTS_NAME}; re-export it with copre_hub.hub.checkpoint.save_checkpoint."
+        )
     block = config.get("copre_hub")
     if block is None:
         return config
@@ -236,7 +239,7 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
     if actual != recorded.lower():
         raise IntegrityError(
             f"{weights}: sha256 {actual[:16]}... differs from {recorded[:16]}... recorded in config.json; the file "
-            "is corrupted or was replaced. Delete the folder and pull it again."
+            "is corrupted or was replaced, so it is not loaded."
         )
     return config
 

@@ -69,7 +69,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "unmodified huggingface_hub client and timm push to and pull from it. Writes need a token.",
     )
     serve.add_argument("--storage", type=Path, required=True, help="folder holding the repositories")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, loopback only; put TLS in front of any other: tokens travel in the "
+        "clear over HTTP)",
+    )
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
     tokens = serve.add_mutually_exclusive_group()
     tokens.add_argument("--token-file", type=Path, help="file with the accepted tokens, one per line")

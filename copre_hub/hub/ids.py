@@ -200,7 +200,9 @@ def parse_repo_id(text: str) -> ModelRef:
     text = text.strip()
     spec = text[len(HF_HUB_PREFIX) :] if text.startswith(HF_HUB_PREFIX) else text
     name, sep, revision = spec.partition("@")
-    if sep and ("@" in revision or not revision):
+    if sep and not revision:
+        raise ConfigError(f"{text!r}: nothing after '@'; write 'org/name@revision' or leave the '@' out.")
+    if "@" in revision:
         raise ConfigError(f"{text!r}: put at most one '@revision' after the repository id.")
     org, slash, short = name.rpartition("/")
     org = org if slash else _env.default_org()

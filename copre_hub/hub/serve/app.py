@@ -1,19 +1,15 @@
 """The HTTP face of ``copre-hub serve``: the part of the Hugging Face Hub API that huggingface_hub and timm use.
 
-=========================================================  ===============================================
-``POST   /api/repos/create``                               ``create_repo`` (409 with ``url`` when it exists)
-``POST   /api/validate-yaml``                              README metadata check before a commit
-``GET    /api/models``                                     ``list_models`` (search, author, filter, limit)
-``GET    /api/models/{repo}[/revision/{rev}]``             ``model_info`` / ``repo_info``
-``GET    /api/models/{repo}/tree/{rev}[/{path}]``          ``list_repo_tree`` / ``list_repo_files``
-``GET    /api/models/{repo}/refs``                         ``list_repo_refs``
-``GET    /api/models/{repo}/commits/{rev}``                ``list_repo_commits``
-``POST   /api/models/{repo}/preupload/{rev}``              every file is a ``"regular"`` upload (no LFS/Xet)
-``POST   /api/models/{repo}/commit/{rev}``                 NDJSON commit body, see ``commit_body``
-``POST   /api/models/{repo}/tag/{rev}``, ``DELETE .../tag/{tag}``          ``create_tag`` / ``delete_tag``
-``POST   /api/models/{repo}/branch/{b}``, ``DELETE .../branch/{b}``        ``create_branch`` / ``delete_branch``
-``GET    /{repo}/resolve/{rev}/{path}`` (and ``HEAD``)     file download with ``X-Repo-Commit`` and ``ETag``
-=========================================================  ===============================================
+- ``POST /api/repos/create``: ``create_repo`` (409 with ``url`` when the repository exists)
+- ``POST /api/validate-yaml``: README metadata check that ``create_commit`` makes first
+- ``GET /api/models``: ``list_models`` (``search``, ``author``, ``filter``, ``limit``, ``full``, ``cardData``)
+- ``GET /api/models/{repo}`` and ``.../revision/{rev}``: ``model_info`` / ``repo_info``
+- ``GET /api/models/{repo}/tree/{rev}[/{path}]``: ``list_repo_tree`` / ``list_repo_files``
+- ``GET /api/models/{repo}/refs`` and ``.../commits/{rev}``: ``list_repo_refs``, ``list_repo_commits``
+- ``POST /api/models/{repo}/preupload/{rev}``: every file is a ``"regular"`` upload (no LFS, no Xet)
+- ``POST /api/models/{repo}/commit/{rev}``: the NDJSON commit body (see ``commit_body``)
+- ``POST``/``DELETE /api/models/{repo}/tag/...`` and ``.../branch/...``: tags and branches
+- ``GET``/``HEAD /{repo}/resolve/{rev}/{path}``: file download with ``X-Repo-Commit``, ``ETag``, ranges
 
 Errors carry the ``X-Error-Code`` huggingface_hub maps to its exceptions (``RepoNotFound``, ``RevisionNotFound``,
 ``EntryNotFound``) and a JSON ``{"error": message}``. Writes need one of the tokens given at start (as
@@ -64,12 +60,12 @@ def create_app(
 
     Args:
         store: where repositories live.
-        tokens: accepted bearer tokens; writes need one. None at all makes the endpoint read-only.
+        tokens: accepted bearer tokens; writes need one. With no token at all the endpoint is read-only.
         gated_reads: reads need a token too (otherwise only private repositories do).
         max_body_bytes: largest commit body accepted (413 beyond).
     """
     hub = _Hub(store, frozenset(tokens), gated_reads, max_body_bytes)
-    methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
+    methods = ["GET", "HEAD", "POST", "DELETE"]
     return Starlette(routes=[Route("/{path:path}", hub.dispatch, methods=methods)])
 
 

@@ -144,15 +144,18 @@ def validate_ref_name(name: str) -> str:
     Raises:
         StoreError: 400 naming the offending name.
     """
-    if (
-        len(name) > _MAX_REF_LENGTH
-        or not _REF_NAME.fullmatch(name)
-        or ".." in name
-        or name.endswith((".lock", "."))
-        or is_commit_hash(name)
-    ):
+    if not _is_ref_name(name) or is_commit_hash(name):
         raise StoreError(400, f"invalid branch or tag name {name!r}")
     return name
+
+
+def _is_ref_name(name: str) -> bool:
+    return (
+        len(name) <= _MAX_REF_LENGTH
+        and bool(_REF_NAME.fullmatch(name))
+        and ".." not in name
+        and not name.endswith((".lock", "."))
+    )
 
 
 class RepoStore:
@@ -178,28 +181,31 @@ class RepoStore:
         final = self._repo_path(repo_id)
         staging = self.root / "tmp" / f"repo-{uuid.uuid4().hex}"
         created_at = _now()
-        (staging / "commits").mkdir(parents=True)
-        (staging / "refs" / "heads").mkdir(parents=True)
-        (staging / "refs" / "tags").mkdir()
-        (staging / "lock").touch()
-        _write_atomic(staging / "repo.json", {"id": repo_id, "private": private, "createdAt": created_at})
-        initial = _make_commit((), "initial commit", "", created_at, {})
-        _write_atomic(staging / "commits" / f"{initial.oid}.json", _commit_json(initial))
-        _write_atomic(staging / "refs" / "heads" / DEFAULT_BRANCH, initial.oid)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked(self.root / "repos" / ".lock"):
-            if final.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-                raise StoreError(409, f"repository {self.get_repo(repo_id).id} already exists")
-            os.rename(staging, final)
-            _fsync_dir(final.parent)
+        try:
+            (staging / "commits").mkdir(parents=True)
+            (staging / "refs" / "heads").mkdir(parents=True)
+            (staging / "refs" / "tags").mkdir()
+            (staging / "lock").touch()
+            _write_atomic(staging / "repo.json", {"id": repo_id, "private": private, "createdAt": created_at})
+            initial = _make_commit((), "initial commit", "", created_at, {})
+            _write_atomic(staging / "commits" / f"{initial.oid}.json", _commit_json(initial))
+            _write_atomic(staging / "refs" / "heads" / DEFAULT_BRANCH, initial.oid)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked(self.root / "repos" / ".lock"):
+                if final.exists():
+                    raise StoreError(409, f"repository {self.get_repo(repo_id).id} already exists")
+                os.rename(staging, final)
+                _fsync_dir(final.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename happened
         return self.get_repo(repo_id)
 
     def get_repo(self, repo_id: str) -> Repo | None:
-        """The repository ``org/name`` (any letter case), or None."""
-        if repo_id.count("/") != 1:
+        """The repository ``org/name`` (any letter case), or None (also for an invalid id)."""
+        try:
+            path = self._repo_path(validate_repo_id(repo_id))
+        except ConfigError:
             return None
-        path = self._repo_path(repo_id)
         try:
             data = json.loads((path / "repo.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -243,12 +249,25 @@ class RepoStore:
         Raises:
             StoreError: 404 ``RevisionNotFound``.
         """
-        if is_commit_hash(revision) and (repo.path / "commits" / f"{revision}.json").is_file():
-            return revision
-        for kind in ("heads", "tags"):
-            with contextlib.suppress(OSError):
-                return (repo.path / "refs" / kind / _ref_file(revision)).read_text(encoding="ascii").strip()
+        if is_commit_hash(revision):
+            if (repo.path / "commits" / f"{revision}.json").is_file():
+                return revision
+        elif _is_ref_name(revision):
+            for kind in ("heads", "tags"):
+                with contextlib.suppress(OSError):
+                    return (repo.path / "refs" / kind / _ref_file(revision)).read_text(encoding="ascii").strip()
         raise StoreError(404, f"revision {revision!r} not found in {repo.id}", "RevisionNotFound")
+
+    def resolve_branch(self, repo: Repo, branch: str) -> str:
+        """The head commit of ``branch`` (commits go to branches only, never to tags or commit ids).
+
+        Raises:
+            StoreError: 404 ``RevisionNotFound``.
+        """
+        with contextlib.suppress(OSError):
+            if _is_ref_name(branch):
+                return (repo.path / "refs" / "heads" / _ref_file(branch)).read_text(encoding="ascii").strip()
+        raise StoreError(404, f"branch {branch!r} not found in {repo.id}", "RevisionNotFound")
 
     def read_commit(self, repo: Repo, oid: str) -> Commit:
         """The commit ``oid`` of ``repo`` (written once, never changed)."""
@@ -326,28 +345,17 @@ class RepoStore:
         """
         if kind == "heads" and name == DEFAULT_BRANCH:
             raise StoreError(403, f"the {DEFAULT_BRANCH!r} branch cannot be deleted")
-        with self._locked(repo.path / "lock"):
-            try:
+        with self._locked(repo.path / "lock"), contextlib.suppress(FileNotFoundError):
+            if _is_ref_name(name):
                 (repo.path / "refs" / kind / _ref_file(name)).unlink()
-            except FileNotFoundError:
-                raise StoreError(404, f"{name!r} not found in {repo.id}", "RevisionNotFound") from None
+                return
+        raise StoreError(404, f"{name!r} not found in {repo.id}", "RevisionNotFound")
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
     def _repo_path(self, repo_id: str) -> Path:
         org, name = repo_id.lower().split("/")
         return self.root / "repos" / org / name
-
-    def resolve_branch(self, repo: Repo, branch: str) -> str:
-        """The head commit of ``branch`` (commits go to branches only, never to tags or commit ids).
-
-        Raises:
-            StoreError: 404 ``RevisionNotFound``.
-        """
-        try:
-            return (repo.path / "refs" / "heads" / _ref_file(branch)).read_text(encoding="ascii").strip()
-        except OSError:
-            raise StoreError(404, f"branch {branch!r} not found in {repo.id}", "RevisionNotFound") from None
 
     def _read_refs(self, repo: Repo, kind: str) -> dict[str, str]:
         return {
