@@ -1,0 +1,528 @@
+"""Compare initializations on the same downstream FL tasks (what ``copre-hub evaluate`` does).
+
+Each initialization is a checkpoint folder, a Hub id or ``"random"``. A checkpoint goes through
+``copre_hub.load(id, num_classes=k)``: its backbone, a fresh k-way head. ``"random"`` is the same architecture with
+random weights (taken from ``architecture=`` or from the first checkpoint listed). Every initialization is then
+given the same head weights per task (:func:`copre_hub.fl.downstream.reset_head`), so only the backbone differs,
+and runs the same tasks, partitions and batch orders (all keyed by ``DownstreamConfig.seed``).
+
+The report (JSON, ``results.json``)::
+
+    {
+      "format": "copre-hub/downstream-evaluation/1",
+      "protocol": {DownstreamConfig fields: tasks, classes_per_task, class_pool, ..., seed},
+      "data": {"dataset", "source", "input_size", "pretrain_classes", "downstream_classes", "class_pool"},
+      "tasks": [{"index", "classes", "train_sizes", "test_sizes"}],          # one per task, shared by all
+      "initializations": [
+        {"label", "source", "architecture", "model_id", "sha256",           # sha256 of the weights, None if random
+         "summary": {"mean_accuracy", "mean_accuracy_std", "variance", "variance_std",
+                     "lowest_10", "lowest_10_std", "lowest_20", ..., "lowest_30_std"},   # %, %², over tasks
+         "tasks": [{"index", "client_accuracies": [% per client], "mean_accuracy", "variance",
+                    "lowest_10", "lowest_20", "lowest_30", "seconds"}],
+         "seconds"}
+      ],
+      "versions": {package: version}, "created": ISO time
+    }
+
+Metric definitions are in :mod:`copre_hub.fl.metrics`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from copre_hub import _io
+from copre_hub.errors import ConfigError
+from copre_hub.fl.data import DataConfig, ImageData, load_image_data
+from copre_hub.fl.distributed import Processes
+from copre_hub.fl.downstream import (
+    DownstreamConfig,
+    DownstreamTask,
+    class_pool,
+    draw_tasks,
+    reset_head,
+    run_task,
+)
+from copre_hub.fl.metrics import LOWEST, summarize, task_metrics
+from copre_hub.fl.partition import class_split
+from copre_hub.fl.pretrain import software_versions
+from copre_hub.fl.seeding import derive_seed
+
+RANDOM = "random"
+FORMAT = "copre-hub/downstream-evaluation/1"
+REPORT_NAME = "results.json"
+PLOT_NAME = "client_accuracies.png"
+# Keys of DataConfig that describe the dataset itself (a recipe's data.path is machine-specific and left out).
+_DATA_KEYS = ("dataset", "splits", "image_column", "label_column", "writer_column")
+
+
+@dataclass(frozen=True)
+class Initialization:
+    """A starting point to compare.
+
+    Attributes:
+        source: what the user named: a checkpoint folder, a Hub id, or ``"random"``.
+        folder: the checkpoint's local folder (None for random).
+        config: the checkpoint's ``config.json`` (None for random).
+        random_arch: for random, the timm architecture and its constructor arguments (set by
+            :func:`with_random_architecture`).
+    """
+
+    source: str
+    folder: Path | None = None
+    config: dict[str, Any] | None = None
+    random_arch: tuple[str, dict[str, Any]] | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.folder is None
+
+    @property
+    def block(self) -> dict[str, Any]:
+        """The checkpoint's ``copre_hub`` block (empty for random or a plain timm export)."""
+        return dict((self.config or {}).get("copre_hub") or {})
+
+    @property
+    def architecture(self) -> str | None:
+        """The timm architecture (None for a random initialization whose architecture is not yet set)."""
+        if self.config is not None:
+            return self.config["architecture"]
+        return self.random_arch[0] if self.random_arch else None
+
+    @property
+    def default_label(self) -> str:
+        return RANDOM if self.is_random else str(self.block.get("model_id") or self.source)
+
+
+def resolve(source: str) -> Initialization:
+    """``"random"``, or the checkpoint ``source`` (folder or Hub id) pulled and verified.
+
+    Raises:
+        ModelNotFoundError, CheckpointError, IntegrityError: as :func:`copre_hub.pull`.
+    """
+    if source.lower() == RANDOM:
+        return Initialization(source=RANDOM)
+    import copre_hub
+    from copre_hub.hub.checkpoint import verify_checkpoint
+
+    folder = copre_hub.pull(source)
+    return Initialization(source=source, folder=folder, config=verify_checkpoint(folder))
+
+
+def with_random_architecture(inits: Sequence[Initialization], architecture: str | None) -> list[Initialization]:
+    """``inits`` with the architecture of ``"random"`` filled in: ``architecture``, else the first checkpoint's.
+
+    The first checkpoint's constructor arguments are kept when its architecture is the one used, except input
+    channels and size, which come from the dataset.
+
+    Raises:
+        ConfigError: ``"random"`` is listed with neither an architecture nor a checkpoint to take it from.
+    """
+    if not any(init.is_random for init in inits):
+        return list(inits)
+    first = next((init.config for init in inits if not init.is_random), None)
+    if architecture is None and first is None:
+        raise ConfigError("'random' needs an architecture: pass --arch NAME, or list a checkpoint as well.")
+    name = architecture or first["architecture"]
+    args = dict(first.get("model_args") or {}) if first and first["architecture"] == name else {}
+    arch = (name, {k: v for k, v in args.items() if k not in ("in_chans", "img_size", "num_classes")})
+    return [dataclasses.replace(init, random_arch=arch) if init.is_random else init for init in inits]
+
+
+def data_config(inits: Sequence[Initialization]) -> DataConfig:
+    """The dataset the first checkpoint was pre-trained on (its recipe's data table), else CIFAR-100."""
+    for init in inits:
+        block = init.block
+        recipe_data = (block.get("recipe") or {}).get("data") or {}
+        dataset = recipe_data.get("dataset") or (block.get("data") or {}).get("dataset") or block.get("dataset")
+        if dataset:
+            fields = {k: recipe_data[k] for k in _DATA_KEYS if recipe_data.get(k) is not None}
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+            return DataConfig(**{**fields, "dataset": dataset})
+    return DataConfig()
+
+
+def split_classes(
+    images: ImageData, data: DataConfig, inits: Sequence[Initialization], seed: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(seen, unseen): the class split the checkpoints record, else the dataset's default split.
+
+    Raises:
+        ConfigError: two checkpoints were pre-trained on different class splits (their "unseen" classes differ).
+        DataError: no split is recorded or known (see :func:`copre_hub.fl.partition.class_split`).
+    """
+    recorded = {}
+    for init in inits:
+        split = init.block.get("data") or {}
+        if split.get("pretrain_classes") and split.get("downstream_classes"):
+            recorded[init.source] = (tuple(split["pretrain_classes"]), tuple(split["downstream_classes"]))
+    if len(set(recorded.values())) > 1:
+        raise ConfigError(
+            f"{', '.join(recorded)} were pre-trained on different class splits, so they have different unseen "
+            "classes; evaluate them separately."
+        )
+    if recorded:
+        return next(iter(recorded.values()))
+    return class_split(images, data, seed)
+
+
+def model_factory(
+    init: Initialization, images: ImageData, num_classes: int, cfg: DownstreamConfig
+) -> Callable[[DownstreamTask], nn.Module]:
+    """A function giving, per task, a fresh model: this initialization's backbone and the task's seeded head.
+
+    A checkpoint is loaded once (``copre_hub.load(folder, num_classes=k)``) and copied per task; a random
+    backbone is drawn per task from ``(seed, "random-init", task)``.
+
+    Raises:
+        ConfigError: the checkpoint expects other input channels than the dataset has, or a random
+            initialization has no architecture (see :func:`with_random_architecture`).
+    """
+    channels, height, _ = images.input_size
+    if init.is_random:
+        return _random_factory(init, channels, height, num_classes, cfg)
+    import copre_hub
+
+    expected = (init.config or {}).get("pretrained_cfg", {}).get("input_size") or [channels]
+    if int(expected[0]) != channels:
+        raise ConfigError(
+            f"{init.source} takes {expected[0]}-channel input but the dataset has {channels} channels; evaluate it "
+            "on the dataset it was pre-trained for (--dataset)."
+        )
+    template = copre_hub.load(init.folder, num_classes=num_classes)
+
+    def checkpoint_model(task: DownstreamTask) -> nn.Module:
+        return reset_head(copy.deepcopy(template), num_classes, cfg.seed, task.index)
+
+    return checkpoint_model
+
+
+def _random_factory(
+    init: Initialization, channels: int, height: int, num_classes: int, cfg: DownstreamConfig
+) -> Callable[[DownstreamTask], nn.Module]:
+    from copre_hub.fl.models import ModelConfig, create_model
+
+    if init.random_arch is None:
+        raise ConfigError("'random' needs an architecture: pass --arch NAME, or list a checkpoint as well.")
+    architecture, model_args = init.random_arch
+    model_cfg = ModelConfig(architecture=architecture, model_args=model_args)
+
+    def random_model(task: DownstreamTask) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, "random-init", task.index))
+            model = create_model(model_cfg, num_classes=num_classes, in_chans=channels, img_size=height)
+        return reset_head(model, num_classes, cfg.seed, task.index)
+
+    return random_model
+
+
+def evaluate_initialization(
+    label: str,
+    init: Initialization,
+    build: Callable[[DownstreamTask], nn.Module],
+    tasks: Sequence[DownstreamTask],
+    cfg: DownstreamConfig,
+    processes: Processes,
+    on_task: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run every task from ``build(task)`` and return this initialization's entry of the report."""
+    began = time.perf_counter()
+    per_task = []
+    for task in tasks:
+        started = time.perf_counter()
+        accuracies = run_task(build(task), task, cfg, processes)
+        per_task.append(
+            {
+                "index": task.index,
+                "client_accuracies": accuracies,
+                **task_metrics(accuracies),
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        if on_task is not None:
+            on_task()
+    return {
+        "label": label,
+        "source": init.source,
+        "architecture": init.architecture,
+        "model_id": init.block.get("model_id"),
+        "sha256": init.block.get("sha256"),
+        "summary": summarize(per_task),
+        "tasks": per_task,
+        "seconds": time.perf_counter() - began,
+    }
+
+
+def evaluate(
+    sources: Sequence[str],
+    cfg: DownstreamConfig | Mapping[str, Any] | None = None,
+    data: DataConfig | None = None,
+    *,
+    architecture: str | None = None,
+    labels: Sequence[str] | None = None,
+    processes: Processes | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run every initialization of ``sources`` on the same downstream tasks; returns the report.
+
+    Args:
+        sources: checkpoint folders, Hub ids or ``"random"``, compared in this order.
+        cfg: the downstream protocol, or settings over the paper's protocol for the dataset
+            (:meth:`DownstreamConfig.for_dataset`, e.g. ``{"tasks": 3}``); default: the paper's protocol.
+        data: the dataset; default: the one the first checkpoint was pre-trained on, else CIFAR-100.
+        architecture: timm name for ``"random"``; default: the first checkpoint's architecture.
+        labels: names in the report, one per source; default: each checkpoint's model id, ``random``.
+        processes: where to run; default: this process on CUDA when available, else the CPU.
+        progress: show a progress bar over (initialization, task).
+
+    Returns:
+        The report described in the module docstring.
+
+    Raises:
+        ConfigError: no sources, labels that do not match, incompatible checkpoints, ``random`` without an
+            architecture.
+        DataError, DatasetNotFoundError: the dataset cannot give the tasks.
+        ModelNotFoundError, CheckpointError, IntegrityError: a checkpoint cannot be found or is unsound.
+
+    Example:
+        >>> report = evaluate(["runs/coprefl/checkpoint", "random"])  # doctest: +SKIP
+        >>> print(format_table(report))  # doctest: +SKIP
+    """
+    if not sources:
+        raise ConfigError("nothing to evaluate; give checkpoint folders, Hub ids or 'random'.")
+    inits = with_random_architecture([resolve(source) for source in sources], architecture)
+    labels = unique_labels(labels or [init.default_label for init in inits], len(inits))
+    data = data or data_config(inits)
+    if not isinstance(cfg, DownstreamConfig):
+        cfg = DownstreamConfig.for_dataset(data.dataset, **(cfg or {}))
+    images = load_image_data(data)
+    seen, unseen = split_classes(images, data, inits, cfg.seed)
+    pool = class_pool(cfg, seen, unseen)
+    tasks = draw_tasks(images, seen, unseen, cfg)
+    processes = processes or Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    bar = _progress_bar(len(inits) * len(tasks), enabled=progress)
+    try:
+        entries = [
+            evaluate_initialization(
+                label,
+                init,
+                model_factory(init, images, cfg.classes_per_task, cfg),
+                tasks,
+                cfg,
+                processes,
+                on_task=lambda: bar.update(1),
+            )
+            for label, init in zip(labels, inits, strict=True)
+        ]
+    finally:
+        bar.close()
+    return {
+        "format": FORMAT,
+        "protocol": dataclasses.asdict(cfg),
+        "data": {
+            "dataset": data.dataset,
+            "source": images.source,
+            "input_size": list(images.input_size),
+            "pretrain_classes": list(seen),
+            "downstream_classes": list(unseen),
+            "class_pool": list(pool),
+        },
+        "tasks": [
+            {
+                "index": task.index,
+                "classes": list(task.classes),
+                "train_sizes": task.data.client_sizes,
+                "test_sizes": [int(t.numel()) for t in task.test],
+            }
+            for task in tasks
+        ],
+        "initializations": entries,
+        "versions": software_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def unique_labels(labels: Sequence[str], count: int) -> list[str]:
+    """``labels`` with repeats made distinct (``name``, ``name#2``, ...).
+
+    Raises:
+        ConfigError: not one label per initialization.
+    """
+    if len(labels) != count:
+        raise ConfigError(f"{len(labels)} labels for {count} initializations; give one label per initialization.")
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return out
+
+
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report holding the initializations of several, which must share the protocol, data and tasks.
+
+    Evaluating initializations one call at a time (to save each result as it finishes) and merging gives the
+    same report as one call, because the tasks depend only on the protocol's seed and the data.
+
+    Raises:
+        ConfigError: the reports were made under different protocols, data or tasks.
+    """
+    if not reports:
+        raise ConfigError("no reports to merge.")
+    first = reports[0]
+    for other in reports[1:]:
+        for key in ("protocol", "data", "tasks"):
+            if other[key] != first[key]:
+                raise ConfigError(f"cannot merge evaluations with different {key}; rerun them with the same settings.")
+    entries = [entry for report in reports for entry in report["initializations"]]
+    labels = unique_labels([entry["label"] for entry in entries], len(entries))
+    return {**first, "initializations": [{**e, "label": lab} for e, lab in zip(entries, labels, strict=True)]}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A Markdown table: one row per initialization, mean ± std over tasks of each metric."""
+    columns = [("mean_accuracy", "Acc"), ("variance", "Var"), *((f"lowest_{k}", f"L{k}") for k in LOWEST)]
+    head = "| initialization | " + " | ".join(name for _, name in columns) + " |"
+    rows = [head, "|---" * (len(columns) + 1) + "|"]
+    for entry in report["initializations"]:
+        summary = entry["summary"]
+        cells = [f"{summary[key]:.2f} ± {summary[f'{key}_std']:.2f}" for key, _ in columns]
+        rows.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``client_accuracies.png`` into ``folder`` (atomically); returns both paths."""
+    folder = Path(folder)
+    json_path = _io.atomic_write_json(folder / REPORT_NAME, report)
+    return json_path, plot_client_accuracies(report, folder / PLOT_NAME)
+
+
+def plot_client_accuracies(report: dict[str, Any], path: str | Path) -> Path:
+    """Histogram of per-client test accuracy (all tasks pooled), one panel per initialization (Figure 2 style)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    entries = report["initializations"]
+    figure = Figure(figsize=(6.4, 1.6 + 1.4 * len(entries)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(entries), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    bins = list(range(0, 105, 5))
+    for ax, entry, colour in zip(axes, entries, _colours(len(entries)), strict=True):
+        accuracies = [a for task in entry["tasks"] for a in task["client_accuracies"]]
+        summary = entry["summary"]
+        ax.hist(accuracies, bins=bins, color=colour, alpha=0.8, edgecolor="white")
+        ax.axvline(summary["mean_accuracy"], color="black", linestyle="--", linewidth=1)
+        ax.set_title(
+            f"{entry['label']}: acc {summary['mean_accuracy']:.1f}, var {summary['variance']:.1f}, "
+            f"L10 {summary['lowest_10']:.1f}",
+            fontsize=9,
+            loc="left",
+        )
+        ax.set_ylabel("clients")
+    axes[-1].set_xlabel("client test accuracy (%)")
+    axes[-1].set_xlim(0, 100)
+    protocol = report["protocol"]
+    figure.suptitle(
+        f"{report['data']['dataset']}: {protocol['tasks']} tasks x {protocol['clients']} clients, "
+        f"{protocol['algorithm']} {protocol['rounds']} rounds",
+        fontsize=10,
+    )
+    return _io.atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+
+
+def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
+    """One initialization's results in the shape :func:`copre_hub.hub.cards.build_model_card` documents.
+
+    ``client_accuracies`` pools every task's clients. ``protocol`` (the full downstream settings) is kept too,
+    so a later merge of the same protocol replaces this entry instead of adding a second one.
+
+    Raises:
+        ConfigError: no initialization has that label.
+    """
+    entry = next((e for e in report["initializations"] if e["label"] == label), None)
+    if entry is None:
+        known = ", ".join(e["label"] for e in report["initializations"])
+        raise ConfigError(f"no initialization labelled {label!r} in the report; labels are {known}.")
+    protocol = report["protocol"]
+    summary = entry["summary"]
+    return {
+        "dataset": report["data"]["dataset"],
+        "classes": f"{protocol['class_pool']} {_ranges(report['data']['class_pool'])}",
+        "algorithm": protocol["algorithm"],
+        "tasks": protocol["tasks"],
+        "clients": protocol["clients"],
+        "rounds": protocol["rounds"],
+        **{key: summary[key] for key in sorted(summary)},
+        "client_accuracies": [a for task in entry["tasks"] for a in task["client_accuracies"]],
+        "protocol": protocol,
+    }
+
+
+def merge_into_checkpoint(folder: str | Path, result: dict[str, Any]) -> Path:
+    """Add ``result`` (see :func:`card_eval_result`) to a local checkpoint's ``copre_hub.eval_results`` and card.
+
+    A previous result with the same dataset and protocol is replaced; others are kept. The folder is rewritten
+    with :func:`copre_hub.hub.checkpoint.save_checkpoint` (atomic per file; the weights are rewritten unchanged).
+
+    Raises:
+        ConfigError: ``folder`` is a Hugging Face cache snapshot (copy it to a folder of your own first).
+        CheckpointError, IntegrityError: the folder is not a sound checkpoint.
+    """
+    from copre_hub.hub.checkpoint import WEIGHTS_NAME, load_checkpoint, save_checkpoint, verify_checkpoint
+
+    folder = Path(folder)
+    if (folder / WEIGHTS_NAME).is_symlink():
+        raise ConfigError(
+            f"{folder} is a Hub cache snapshot; copy it first (cp -rL {folder} my-checkpoint) and merge into the copy."
+        )
+    config = verify_checkpoint(folder)
+    model = load_checkpoint(folder)
+    block = dict(config.get("copre_hub") or {})
+    previous = block.get("eval_results") or []
+    previous = [previous] if isinstance(previous, dict) else list(previous)
+    kept = [r for r in previous if (r.get("dataset"), r.get("protocol")) != (result["dataset"], result["protocol"])]
+    cfg = config["pretrained_cfg"]
+    return save_checkpoint(
+        model,
+        folder,
+        architecture=config["architecture"],
+        model_args=config.get("model_args") or {},
+        num_classes=config["num_classes"],
+        input_size=tuple(cfg["input_size"]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        copre_hub_meta={**block, "eval_results": [*kept, result]},
+        label_names=config.get("label_names"),
+    )
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """``[80, 81, 82, 90]`` as ``80-82, 90``."""
+    runs: list[list[int]] = []
+    for value in sorted(values):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def _colours(count: int) -> list[str]:
+    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974"]
+    return [palette[i % len(palette)] for i in range(count)]
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="downstream", unit="task", disable=not enabled, dynamic_ncols=True)

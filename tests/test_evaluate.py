@@ -1,0 +1,197 @@
+"""Comparing initializations end to end on real CIFAR-100: identical tasks, the report, the CLI and the card merge."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from copre_hub.cli import main
+from copre_hub.errors import ConfigError
+from copre_hub.fl.data import ImageData
+from copre_hub.fl.downstream import DownstreamConfig
+from copre_hub.fl.evaluate import (
+    PLOT_NAME,
+    REPORT_NAME,
+    Initialization,
+    card_eval_result,
+    evaluate,
+    format_table,
+    merge_reports,
+    model_factory,
+    resolve,
+    with_random_architecture,
+    write_report,
+)
+from copre_hub.fl.metrics import summarize
+
+SPLIT = {"dataset": "cifar100", "pretrain_classes": list(range(80)), "downstream_classes": list(range(80, 100))}
+SETTINGS = {"tasks": 2, "rounds": 1, "local_steps": 1, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    """COPRE_HUB_DATA for the whole module (skips without the real data)."""
+    from conftest import DATA_DIR
+
+    if not (DATA_DIR / "cifar100").is_dir():
+        pytest.skip(f"real data not found at {DATA_DIR}; set COPRE_HUB_DATA to the shared/data folder")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COPRE_HUB_DATA", str(DATA_DIR))
+        yield DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def checkpoint(cifar, tmp_path_factory, make_checkpoint) -> Path:
+    """A test_resnet checkpoint pre-trained (here: randomly) on 80 CIFAR-100 classes, recording its class split."""
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "a", seed=1, num_classes=80, data=SPLIT)[1]
+
+
+@pytest.fixture(scope="module")
+def report(checkpoint) -> dict:
+    """The checkpoint, random init and the checkpoint again, on the same two tasks."""
+    return evaluate([str(checkpoint), "random", str(checkpoint)], SETTINGS, labels=["a", "random", "a-again"])
+
+
+def entry(report: dict, label: str) -> dict:
+    return next(e for e in report["initializations"] if e["label"] == label)
+
+
+def test_every_initialization_faces_the_same_tasks(report) -> None:
+    assert report["protocol"] == {**DownstreamConfig().__dict__, **SETTINGS}
+    assert report["data"]["class_pool"] == list(range(80, 100))
+    assert [t["index"] for t in report["tasks"]] == [0, 1]
+    for task in report["tasks"]:
+        assert len(task["classes"]) == 5 and set(task["classes"]) <= set(range(80, 100))
+        assert len(task["train_sizes"]) == len(task["test_sizes"]) == 10
+    # same backbone, same head, same partitions and batches: identical numbers; another backbone: other numbers
+    same, again, random = entry(report, "a"), entry(report, "a-again"), entry(report, "random")
+    assert [t["client_accuracies"] for t in same["tasks"]] == [t["client_accuracies"] for t in again["tasks"]]
+    assert [t["client_accuracies"] for t in same["tasks"]] != [t["client_accuracies"] for t in random["tasks"]]
+    assert random["architecture"] == "test_resnet" and random["sha256"] is None
+    assert same["sha256"] and same["summary"] == summarize(same["tasks"])
+
+
+def test_separate_evaluations_merge_into_the_joint_one(report, checkpoint) -> None:
+    alone = evaluate(["random"], SETTINGS, architecture="test_resnet")
+    assert alone["tasks"] == report["tasks"] and alone["data"] == report["data"]
+    assert (
+        entry(alone, "random")["tasks"][1]["client_accuracies"]
+        == entry(report, "random")["tasks"][1]["client_accuracies"]
+    )
+    merged = merge_reports([alone, report])
+    assert [e["label"] for e in merged["initializations"]] == ["random", "a", "random#2", "a-again"]
+    with pytest.raises(ConfigError, match="protocol"):
+        merge_reports([report, {**report, "protocol": {**report["protocol"], "seed": 1}}])
+
+
+def test_table_json_and_plot(report, tmp_path) -> None:
+    table = format_table(report).splitlines()
+    assert table[0] == "| initialization | Acc | Var | L10 | L20 | L30 |" and len(table) == 5
+    summary = entry(report, "a")["summary"]
+    assert f"| a | {summary['mean_accuracy']:.2f} ± {summary['mean_accuracy_std']:.2f} |" in table[2]
+    json_path, plot_path = write_report(report, tmp_path)
+    assert json.loads(json_path.read_text())["initializations"][0]["label"] == "a"
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot_path.name == PLOT_NAME
+
+
+def test_card_result_has_the_documented_shape(report) -> None:
+    from copre_hub.hub.cards import build_model_card
+
+    result = card_eval_result(report, "a")
+    documented = {"dataset", "classes", "algorithm", "tasks", "clients", "rounds", "client_accuracies", "protocol"}
+    metrics = {
+        f"{m}{s}" for m in ("mean_accuracy", "variance", "lowest_10", "lowest_20", "lowest_30") for s in ("", "_std")
+    }
+    assert set(result) == documented | metrics
+    assert result["classes"] == "unseen 80-99" and len(result["client_accuracies"]) == 20
+    card = build_model_card({"architecture": "test_resnet", "pretrained_cfg": {}}, None, result)
+    assert len(card.data.eval_results) == 5
+
+
+def test_cli_evaluates_and_merges_into_the_checkpoint(checkpoint, tmp_path, capsys) -> None:
+    import copre_hub
+
+    folder = Path(shutil.copytree(checkpoint, tmp_path / "mine"))
+    sha = json.loads((folder / "config.json").read_text())["copre_hub"]["sha256"]
+    args = ["evaluate", str(folder), "--tasks", "1", "--rounds", "1", "--local-steps", "1", "-o", str(tmp_path / "out")]
+    for _ in range(2):  # the second merge replaces the first (same protocol)
+        assert main([*args, "-q", "--merge"]) == 0
+    out = capsys.readouterr().out
+    assert "| test-resnet-tiny |" in out and f"merged into {folder}" in out
+    assert (tmp_path / "out" / REPORT_NAME).is_file() and (tmp_path / "out" / PLOT_NAME).is_file()
+    block = json.loads((folder / "config.json").read_text())["copre_hub"]
+    assert len(block["eval_results"]) == 1 and block["eval_results"][0]["tasks"] == 1
+    assert block["sha256"] == sha  # weights rewritten unchanged
+    metrics = {r["name"] for r in copre_hub.info(folder).eval_results}
+    assert any("mean accuracy" in name for name in metrics)
+    readme = (folder / "README.md").read_text()
+    assert "Downstream mean accuracy" in readme and "classes unseen 80-99" in readme
+
+
+def test_random_alone_needs_an_architecture(capsys) -> None:
+    assert main(["evaluate", "random", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("copre-hub: error: 'random' needs an architecture") and "\n" not in err
+
+
+def test_checkpoint_on_data_with_other_channels_is_refused(checkpoint) -> None:
+    grey = ImageData(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.arange(4), list("abcd"), (0.5,), (0.5,))
+    init = with_random_architecture([resolve(str(checkpoint))], None)[0]
+    with pytest.raises(ConfigError, match="3-channel input but the dataset has 1"):
+        model_factory(init, grey, 5, DownstreamConfig())
+    assert with_random_architecture([init, Initialization(source="random")], None)[1].random_arch == (
+        "test_resnet",
+        {},
+    )
+
+
+def load_benchmark():
+    """benchmarks/reproduce_paper.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_paper.py"
+    spec = importlib.util.spec_from_file_location("reproduce_paper", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("scale", ["paper", "cpu", "smoke"])
+@pytest.mark.parametrize("dataset", ["cifar100", "femnist"])
+def test_every_benchmark_scale_builds_valid_recipes(scale: str, dataset: str) -> None:
+    bench = load_benchmark()
+    settings = bench.SCALES[(scale, dataset)]
+    runs = bench.plan(settings, dataset, seed=0)
+    labels = [run.label for run in runs]
+    assert labels[:5] == ["random", "centralized", "fedavg", "fedmeta", "qffl"] and len(set(labels)) == len(labels)
+    paper_gamma = f"coprefl-g{bench.DATASETS[dataset]['gamma']}"
+    assert paper_gamma in labels and ("coprefl-hybrid-g" in " ".join(labels)) == settings.scenario2
+    for run in runs[1:]:
+        method = run.recipe.build_method()
+        assert run.recipe.data.dataset == dataset and method.name == run.method
+        if run.method != "centralized":
+            assert (method.rounds, method.participants) == (settings.rounds, settings.participants)
+    if scale != "smoke":  # the centralized baseline makes as many passes over the data as FedAvg
+        assert settings.centralized_epochs == settings.rounds * settings.participants * settings.local_epochs // 100
+
+
+@pytest.mark.slow
+def test_reproduce_paper_smoke_end_to_end_then_reused(cifar, tmp_path) -> None:
+    bench = load_benchmark()
+    args = ["--scale", "smoke", "--dataset", "cifar100", "--work-dir", str(tmp_path / "work")]
+    args += ["--results-dir", str(tmp_path / "results"), "--data-dir", str(cifar), "-q"]
+    assert bench.main(args) == 0
+    results = json.loads((tmp_path / "results" / "reproduce-smoke-cifar100.json").read_text())
+    baselines = ["random", "centralized", "fedavg", "fedmeta", "qffl"]
+    assert list(results["initializations"]) == [*baselines, "coprefl-g0.0", "coprefl-g0.75"]
+    assert [t["title"].split(":")[0] for t in results["tables"]] == ["Table 1a", "Table 3a", "Table 2"]
+    assert (tmp_path / "results" / "reproduce-smoke-cifar100.md").read_text().count("| CoPreFL") == 2
+    assert bench.main(args) == 0  # a second run reuses every checkpoint and evaluation: the same numbers
+    again = json.loads((tmp_path / "results" / "reproduce-smoke-cifar100.json").read_text())
+    assert again["evaluation"]["initializations"] == results["evaluation"]["initializations"]
