@@ -15,6 +15,7 @@ from copre_hub.errors import CopreHubError
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; each area adds its verbs without importing anything heavy."""
+    from copre_hub import demo
     from copre_hub.fl import cli as fl_cli
     from copre_hub.hub import cli as hub_cli
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fl_cli.register(verbs)
     hub_cli.register(verbs)
+    demo.register(verbs)
     return parser
 
 
