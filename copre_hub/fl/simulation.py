@@ -35,6 +35,7 @@ class Simulation:
         device = self.processes.device
         self.model = model.to(device)
         self.flat = FlatModel(self.model)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]  # views into flat.vector
         self.processes.broadcast_(self.flat.vector)
         self.start = self.flat.vector.clone()
         self.data = data
@@ -55,8 +56,8 @@ class Simulation:
         return self.processes.device
 
     def accumulator(self, name: str, sizes: dict[str, int]) -> Accumulator:
-        """A zeroed accumulator with these slices, allocated on first use and reused afterwards."""
-        if name not in self._accumulators:
+        """A zeroed accumulator with these slices, allocated on first use (or when the sizes change) and reused."""
+        if name not in self._accumulators or self._accumulators[name].sizes != sizes:
             self._accumulators[name] = Accumulator(sizes, self.device)
         return self._accumulators[name].zero_()
 
@@ -105,20 +106,25 @@ class Simulation:
         """Mini-batch SGD in place: ``epochs`` passes over ``indices``, or exactly ``steps`` mini-batches.
 
         ``prox_mu`` adds FedProx's proximal term ``mu/2 * ||w - w_start||^2``. Returns the mean batch loss.
+
+        Gradients come from ``torch.autograd.grad`` as fresh tensors (nothing to zero, nothing accumulated into
+        ``flat.grad``) and the step is one ``_foreach_add_``, as in ``torch.optim.SGD``; the loss is summed on the
+        device, so a step never waits for the accelerator.
         """
         self.model.train()
-        total, count = 0.0, 0
+        n = self.flat.num_params
+        total, count = torch.zeros((), device=self.device), 0
         for batch_idx in iterate_batches(indices, batch_size, generator, epochs=epochs, steps=steps):
             x, y = self.batch(batch_idx, generator)
-            self.flat.zero_grad_()
             loss = self.loss(x, y)
-            loss.backward()
-            if prox_mu:
-                self.flat.grad.add_(self.flat.params - self.start[: self.flat.num_params], alpha=prox_mu)
-            self.flat.sgd_step_(lr)
-            total += float(loss.detach())
+            grads = torch.autograd.grad(loss, self._params, materialize_grads=True)  # zeros for unused parameters
+            with torch.no_grad():
+                if prox_mu:  # the proximal gradient mu * (w - w_start), at the weights the gradient was taken at
+                    self.flat.params.sub_(self.flat.params - self.start[:n], alpha=lr * prox_mu)
+                torch._foreach_add_(self._params, grads, alpha=-lr)
+            total += loss.detach()
             count += 1
-        return total / max(count, 1)
+        return float(total) / max(count, 1)
 
     def loss_and_grad(self, indices: torch.Tensor) -> float:
         """Mean cross-entropy over all of ``indices`` (train-mode forward) with its gradient left in ``flat.grad``."""

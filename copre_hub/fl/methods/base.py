@@ -213,7 +213,7 @@ class Method:
 
     def aggregate(self, sim: Simulation, acc: Accumulator) -> None:
         """The weighted average of the clients' weights becomes the model's weights."""
-        sim.flat.vector.copy_(acc["state"] / acc.scalar("weight"))
+        sim.flat.vector.copy_(acc["state"].div_(acc.scalar("weight")))
 
     def server_update(self, sim: Simulation, seed: int, t: int, participants: list[int]) -> dict:
         """After aggregation: in Scenario II, ``server_steps`` SGD iterations on the server data."""

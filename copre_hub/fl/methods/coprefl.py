@@ -99,8 +99,9 @@ class CoPreFL(Method):
         mean = losses.mean()
         variance = ((losses - mean) ** 2).mean()
         scale = 1.0 if self.reduction == "sum" else 1.0 / m
-        # ∇L_meta = γ·scale·G1 + (1 − γ)(2/m)(G2 − L̄·G1)
-        meta_grad = acc["g"] * (self.gamma * scale) + (acc["lg"] - mean * acc["g"]) * ((1 - self.gamma) * 2 / m)
+        # ∇L_meta = γ·scale·G1 + (1 − γ)(2/m)(G2 − L̄·G1), built in place in G2's slice (no model-sized temporaries)
+        meta_grad = acc["lg"].sub_(acc["g"], alpha=float(mean)).mul_((1 - self.gamma) * 2 / m)
+        meta_grad.add_(acc["g"], alpha=self.gamma * scale)
         if self.second_order:
             meta_grad = self.through_local_updates(sim, round_start, seed, t, participants, meta_grad)
         sim.restore()

@@ -1,0 +1,166 @@
+"""Every benchmark script runs end to end at a tiny size and writes its JSON record, so none of them can rot.
+
+Sizes here check the scripts, not the engine's speed: the figures they print are meaningless at these sizes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+TINY_MODEL = ["--arch", "test_resnet", "--threads", "1"]
+
+
+def run(script: str, tmp_path: Path, *args: str) -> dict:
+    """Run ``main(args)`` of ``benchmarks/<script>.py``; returns the JSON record it wrote."""
+    importlib.import_module(script).main([*args, "--out-dir", str(tmp_path)])
+    record = json.loads((tmp_path / f"{script}.json").read_text())
+    assert {"machine", "versions", "args", "targets"} <= record.keys()
+    assert record["machine"]["torch_threads"] >= 1 and record["versions"]["torch"]
+    assert all({"name", "value", "goal", "pass"} <= t.keys() for t in record["targets"])
+    return record
+
+
+def test_common_counts_flops_and_shares_client_blocks() -> None:
+    from _common import synthetic_federation, train_gflop_per_image
+
+    assert train_gflop_per_image("resnet18") == pytest.approx(0.218, rel=0.01)  # DESIGN.md's figure
+    data = synthetic_federation(num_clients=5, client_size=3, seed=0, distinct=2)
+    assert data.images.shape == (6, 3, 32, 32) and data.images.dtype == torch.uint8
+    assert [c.tolist() for c in data.clients] == [[0, 1, 2], [3, 4, 5], [0, 1, 2], [3, 4, 5], [0, 1, 2]]
+    again = synthetic_federation(num_clients=2, client_size=3, seed=0)
+    assert torch.equal(again.images, data.images)  # a block depends on (seed, block) only
+
+
+def test_engine_overhead_counts_image_steps_like_the_engine(tmp_path: Path) -> None:
+    args = ["--clients", "4", "--client-size", "40", "--participants", "2", "--local-epochs", "1", "--repeats", "2"]
+    record = run("engine_overhead", tmp_path, *TINY_MODEL, *args)
+    # 2 participants x 32 support images (80% of 40) x 1 epoch, and 2 x 8 query images, per repetition
+    assert [(r["local_image_steps"], r["query_images"]) for r in record["repetitions"]] == [(64, 16), (64, 16)]
+    assert record["ratio_local_steps_only"]["query_images_counted"] is False
+    assert record["ratio_query_counted"]["median"] == pytest.approx(record["ratio_local_steps_only"]["median"] * 1.25)
+    assert len(record["targets"]) == 2
+
+
+def test_scaling_fits_lines_over_both_sweeps(tmp_path: Path) -> None:
+    from scaling import line_fit
+
+    assert line_fit([1, 2, 3], [3.0, 5.0, 7.0]) == pytest.approx({"slope": 2.0, "intercept": 1.0, "r2": 1.0})
+    args = [
+        "--clients",
+        "6",
+        "--client-size",
+        "10",
+        "--participants",
+        "1",
+        "2",
+        "3",
+        "--epochs",
+        "1",
+        "2",
+        "--fixed-participants",
+        "2",
+        "--repeats",
+        "1",
+    ]
+    record = run("scaling", tmp_path, *TINY_MODEL, *args)
+    assert [(p["sweep"], p["x"]) for p in record["points"]] == [
+        ("participants", 1),
+        ("participants", 2),
+        ("participants", 3),
+        ("local_epochs", 1),
+        ("local_epochs", 2),
+    ]
+    assert record["fits"]["participants"]["slope"] > 0
+    assert [t["name"] for t in record["targets"]] == ["3 linear in participants (R^2)"]  # 2 points fit any line
+
+
+def test_load_time_loads_the_same_weights_three_ways(tmp_path: Path) -> None:
+    record = run("load_time", tmp_path, *TINY_MODEL, "--num-classes", "7", "--repeats", "2")
+    assert set(record["loads"]) == {
+        "timm",
+        "copre_hub.load(folder)",
+        "copre_hub.load(hub id, cached)",
+        "sha256 of the weights alone",
+    }
+    assert all(len(s["runs"]) == 2 for s in record["loads"].values())
+
+
+def test_vs_research_loop_worker_reports_time_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vs_research_loop
+
+    monkeypatch.setenv("BENCH_OUT", str(tmp_path / "worker.json"))
+    args = ["--sizes", "10", "--client-size", "10", "--participants", "2", "--rounds", "2", "--worker", "research"]
+    result = vs_research_loop.main([*TINY_MODEL, *args])
+    assert json.loads((tmp_path / "worker.json").read_text()) == result
+    assert len(result["round_seconds"]["runs"]) == 2 and result["peak_rss_mb"] >= result["rss_before_mb"] > 0
+
+
+@pytest.mark.slow
+def test_vs_research_loop_measures_each_configuration_in_a_fresh_process(tmp_path: Path) -> None:
+    args = ["--sizes", "4", "40", "--client-size", "10", "--participants", "2", "--distinct", "4", "--rounds", "1"]
+    record = run("vs_research_loop", tmp_path, *TINY_MODEL, *args)
+    assert [(r["loop"], r["clients"]) for r in record["runs"]] == [
+        ("research", 4),
+        ("engine", 4),
+        ("research", 40),
+        ("engine", 40),
+    ]
+    assert all(r["peak_rss_mb"] >= r["rss_before_mb"] > 0 for r in record["runs"])
+    assert len(record["targets"]) == 4
+
+
+def test_research_loop_computes_the_engines_fedavg() -> None:
+    """Every client in the round and one full batch per epoch leave no room for sampling or order: both loops must
+    reach the same weights, so the comparison is between two ways of doing the same arithmetic."""
+    from _common import create_model, synthetic_federation
+    from vs_research_loop import ResearchLoop
+
+    from copre_hub.fl.methods import create_method
+    from copre_hub.fl.simulation import Simulation
+
+    data = synthetic_federation(num_clients=3, client_size=8, seed=0)
+    method = create_method("fedavg", participants=3, local_epochs=2, batch_size=8, lr=0.1)
+    sim = Simulation(create_model("test_resnet", seed=0), data)
+    method.round(sim, seed=0, t=0)
+    loop = ResearchLoop(create_model("test_resnet", seed=0), data, method, seed=0)
+    loop.round(0)
+    assert loop.images_seen == 3 * 2 * 8
+    ours, theirs = sim.model.state_dict(), loop.net_glob.state_dict()
+    for name in ours:
+        if ours[name].is_floating_point():
+            torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_processes_give_the_same_weights(tmp_path: Path) -> None:
+    args = ["--layouts", "1x1", "2x1", "--clients", "4", "--client-size", "10", "--participants", "2", "--rounds", "1"]
+    record = run("processes", tmp_path, *TINY_MODEL, *args)
+    assert [r["world_size"] for r in record["runs"]] == [1, 2]
+    assert record["runs"][1]["max_weight_difference"] < 1e-5
+
+
+def test_gpu_throughput_script_runs_on_cpu(tmp_path: Path) -> None:
+    record = run("gpu_throughput", tmp_path, "--device", "cpu", "--tiny", "--processes", "2", "--threads", "1")
+    assert [row["loop"] for row in record["rows"]] == [
+        "centralized, batch 16",
+        "engine, 2 process(es) per GPU",
+        "research loop",
+    ]
+    assert record["rows"][0]["of peak"] == 1.0 and record["precision"] == "no"
+
+
+@pytest.mark.slow
+def test_vs_flower_trains_the_same_model(tmp_path: Path) -> None:
+    pytest.importorskip("flwr", reason="Flower is the optional `bench` extra")
+    args = ["--clients", "4", "--participants", "2", "--rounds", "2", "--client-size", "10", "--repeats", "1"]
+    record = run("vs_flower", tmp_path, *TINY_MODEL, *args)
+    assert record["max_weight_difference"] < 1e-5  # same participants, batches and averaging on both sides
+    assert len(record["targets"]) == 2
