@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,11 +215,25 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
         IntegrityError: the weights' sha256 differs from the recorded one.
     """
     folder = Path(folder)
+    config = check_layout(folder)
+    weights = folder / WEIGHTS_NAME
+    check_weights(weights, recorded_sha256(config, folder))
+    return config
+
+
+def check_layout(folder: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a folder that has the checkpoint files (hashes not checked).
+
+    Raises:
+        CheckpointError: not a folder, missing or malformed ``config.json``, no ``model.safetensors``, pickle-only
+            weights.
+    """
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a checkpoint folder (config.json, model.safetensors, README.md).")
     config = _read_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
+
         pickles = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise CheckpointError(
@@ -229,19 +244,34 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{folder} has no {WEIGHTS_NAME}; re-export it with copre_hub.hub.checkpoint.save_checkpoint."
         )
+    return config
+
+
+def recorded_sha256(config: dict[str, Any], folder: Path) -> str | None:
+    """The weights' sha256 recorded in the ``copre_hub`` block (None for a plain timm export without the block).
+
+    Raises:
+        CheckpointError: the block exists but records no sha256.
+    """
     block = config.get("copre_hub")
     if block is None:
-        return config
+        return None
     recorded = block.get("sha256") if isinstance(block, dict) else None
     if not isinstance(recorded, str):
         raise CheckpointError(f"{folder / CONFIG_NAME}: the copre_hub block records no sha256 of the weights.")
+    return recorded
+
+
+def check_weights(weights: Path, recorded: str | None) -> None:
+    """Raise :class:`IntegrityError` when ``weights`` does not hash to ``recorded`` (no-op when None)."""
+    if recorded is None:
+        return
     actual = sha256_file(weights)
     if actual != recorded.lower():
         raise IntegrityError(
             f"{weights}: sha256 {actual[:16]}... differs from {recorded[:16]}... recorded in config.json; the file "
             "is corrupted or was replaced, so it is not loaded."
         )
-    return config
 
 
 def check_timm_config(config: dict[str, Any], folder: str | Path) -> None:
@@ -280,12 +310,27 @@ def load_checkpoint(folder: str | Path, num_classes: int | None = None, **timm_k
             the architecture.
         IntegrityError: the weights' sha256 differs from the recorded one.
     """
+    folder = Path(folder)
+    config = check_layout(folder)
+    check_timm_config(config, folder)
+    # Hash the weights on a second thread (hashlib releases the GIL) while timm builds the model; a mismatch
+    # raises below, so a model built from corrupted weights is never returned.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        integrity = pool.submit(check_weights, folder / WEIGHTS_NAME, recorded_sha256(config, folder))
+        try:
+            model = _build(folder, config, num_classes, timm_kwargs)
+        except CheckpointError:
+            integrity.result()  # corrupted weights are reported as such, before any does-not-fit error
+            raise
+        integrity.result()
+    return model
+
+
+def _build(folder: Path, config: dict[str, Any], num_classes: int | None, timm_kwargs: dict[str, Any]):
+    """timm's model for a checked folder, with every non-head parameter taken from the weights file."""
     import timm
     from safetensors import SafetensorError, safe_open
 
-    folder = Path(folder)
-    config = verify_checkpoint(folder)
-    check_timm_config(config, folder)
     kwargs = {key: value for key, value in timm_kwargs.items() if value is not None}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
