@@ -56,6 +56,7 @@ from copre_hub.fl.metrics import LOWEST, summarize, task_metrics
 from copre_hub.fl.partition import class_split
 from copre_hub.fl.pretrain import software_versions
 from copre_hub.fl.seeding import derive_seed
+from copre_hub.hub.cards import int_ranges
 
 RANDOM = "random"
 FORMAT = "copre-hub/downstream-evaluation/1"
@@ -457,7 +458,7 @@ def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
     summary = entry["summary"]
     return {
         "dataset": report["data"]["dataset"],
-        "classes": f"{protocol['class_pool']} {_ranges(report['data']['class_pool'])}",
+        "classes": f"{protocol['class_pool']} {int_ranges(report['data']['class_pool'])}",
         "algorithm": protocol["algorithm"],
         "tasks": protocol["tasks"],
         "clients": protocol["clients"],
@@ -504,17 +505,6 @@ def merge_into_checkpoint(folder: str | Path, result: dict[str, Any]) -> Path:
         copre_hub_meta={**block, "eval_results": [*kept, result]},
         label_names=config.get("label_names"),
     )
-
-
-def _ranges(values: Sequence[int]) -> str:
-    """``[80, 81, 82, 90]`` as ``80-82, 90``."""
-    runs: list[list[int]] = []
-    for value in sorted(values):
-        if runs and value == runs[-1][1] + 1:
-            runs[-1][1] = value
-        else:
-            runs.append([value, value])
-    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
 def _colours(count: int) -> list[str]:

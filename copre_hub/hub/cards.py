@@ -7,6 +7,7 @@ same file, kept identical by a test). Cards are never hand-written YAML: the met
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -225,7 +226,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict):
         text = "; ".join(f"{key}={_cell(item)}" for key, item in value.items())
     elif isinstance(value, list | tuple):
-        text = _int_runs(value) if value and all(isinstance(v, int) for v in value) else ", ".join(map(_cell, value))
+        text = int_ranges(value) if value and all(isinstance(v, int) for v in value) else ", ".join(map(_cell, value))
     elif isinstance(value, float):
         text = f"{value:.4g}"
     else:
@@ -233,7 +234,8 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _int_runs(values: list[int] | tuple[int, ...]) -> str:
+def int_ranges(values: Sequence[int]) -> str:
+    """``[80, 81, 82, 90]`` as ``80-82, 90`` (class lists in cards and reports)."""
     runs: list[list[int]] = []
     for value in sorted(values):
         if runs and value == runs[-1][1] + 1:
