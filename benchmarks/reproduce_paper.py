@@ -239,21 +239,20 @@ def evaluate_all(
 
 
 def evaluate_one(run: Run, checkpoint: Path | None, protocol, data, architecture: str, work: Path, progress: bool):
-    from copre_hub import _io
+    """One initialization's report; kept in ``work/evaluate/`` and reused by a rerun with the same protocol."""
     from copre_hub.fl.evaluate import evaluate
 
-    cache = work / "evaluate" / f"{run.label}.json"
-    source = str(checkpoint) if checkpoint else "random"
-    sha = json.loads((checkpoint / "config.json").read_text())["copre_hub"]["sha256"] if checkpoint else None
-    if cache.is_file():
-        report = json.loads(cache.read_text())
-        if report["protocol"] == dataclasses.asdict(protocol) and report["initializations"][0]["sha256"] == sha:
-            print(f"[evaluate] {run.label}: done earlier, reusing {cache}")
-            return report
     print(f"[evaluate] {run.label}: {protocol.tasks} tasks x {protocol.rounds} rounds")
-    report = evaluate([source], protocol, data, architecture=architecture, labels=[run.label], progress=progress)
-    _io.atomic_write_json(cache, report)
-    return report
+    source = str(checkpoint) if checkpoint else "random"
+    return evaluate(
+        [source],
+        protocol,
+        data,
+        architecture=architecture,
+        labels=[run.label],
+        progress=progress,
+        cache_dir=work / "evaluate",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- stage 3

@@ -59,9 +59,11 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"round-time-{recipe.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| recipe | setup s | rounds timed | median s/round | local images/s |\n|---|---|---|---|---|\n"
-          f"| {recipe.name} | {setup:.1f} | {len(history)} | {result['median_round_seconds']:.1f} | "
-          f"{result['local_images_per_second']:.0f} |")
+    print(
+        f"| recipe | setup s | rounds timed | median s/round | local images/s |\n|---|---|---|---|---|\n"
+        f"| {recipe.name} | {setup:.1f} | {len(history)} | {result['median_round_seconds']:.1f} | "
+        f"{result['local_images_per_second']:.0f} |"
+    )
     print(f"wrote {out}")
 
 

@@ -88,6 +88,26 @@ def test_separate_evaluations_merge_into_the_joint_one(report, checkpoint) -> No
         merge_reports([report, {**report, "protocol": {**report["protocol"], "seed": 1}}])
 
 
+def test_cache_folder_keeps_finished_initializations_for_a_rerun(checkpoint, tmp_path, monkeypatch) -> None:
+    import copre_hub.fl.evaluate as evaluation
+
+    real, calls = evaluation.evaluate_initialization, []
+
+    def counted(label, *args, **kwargs):
+        calls.append(label)
+        return real(label, *args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_initialization", counted)
+    first = evaluate([str(checkpoint), "random"], SETTINGS, cache_dir=tmp_path)
+    assert calls == ["test-resnet-tiny", "random"] and len(list(tmp_path.glob("*.json"))) == 2
+    again = evaluate(["random", str(checkpoint)], SETTINGS, labels=["base", "a"], cache_dir=tmp_path)
+    assert len(calls) == 2  # both reused, under the new labels
+    assert entry(again, "base")["tasks"] == entry(first, "random")["tasks"]
+    assert entry(again, "a")["tasks"] == entry(first, "test-resnet-tiny")["tasks"]
+    evaluate([str(checkpoint)], {**SETTINGS, "seed": 1}, cache_dir=tmp_path)
+    assert len(calls) == 3 and len(list(tmp_path.glob("*.json"))) == 3  # other tasks: evaluated again
+
+
 def test_table_json_and_plot(report, tmp_path) -> None:
     table = format_table(report).splitlines()
     assert table[0] == "| initialization | Acc | Var | L10 | L20 | L30 |" and len(table) == 5
@@ -103,6 +123,7 @@ def test_card_result_has_the_documented_shape(report) -> None:
 
     result = card_eval_result(report, "a")
     documented = {"dataset", "classes", "algorithm", "tasks", "clients", "rounds", "client_accuracies", "protocol"}
+    documented.add("baselines")
     metrics = {
         f"{m}{s}" for m in ("mean_accuracy", "variance", "lowest_10", "lowest_20", "lowest_30") for s in ("", "_std")
     }
@@ -110,6 +131,11 @@ def test_card_result_has_the_documented_shape(report) -> None:
     assert result["classes"] == "unseen 80-99" and len(result["client_accuracies"]) == 20
     card = build_model_card({"architecture": "test_resnet", "pretrained_cfg": {}}, None, result)
     assert len(card.data.eval_results) == 5
+    assert [b["label"] for b in result["baselines"]] == ["random", "a-again"]
+    random = entry(report, "random")["summary"]
+    assert f"| same tasks from random | {random['mean_accuracy']:.2f} ± {random['mean_accuracy_std']:.2f} |" in str(
+        card
+    )
 
 
 def test_cli_evaluates_and_merges_into_the_checkpoint(checkpoint, tmp_path, capsys) -> None:

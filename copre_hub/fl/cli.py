@@ -100,7 +100,14 @@ def _register_evaluate(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-path", help="local dataset folder (Parquet shards or imagefolder)")
     parser.add_argument("--data-dir", type=Path, help="folder of local dataset copies (sets COPRE_HUB_DATA)")
     parser.add_argument("--arch", help="timm architecture for 'random' (default: the first checkpoint's)")
-    parser.add_argument("-o", "--output", type=Path, default=Path("evaluation"), help="folder for the results")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("evaluation"),
+        help="folder for the results; each finished initialization is kept in its initializations/ subfolder, "
+        "and a rerun with the same settings reuses it (delete the folder to start over)",
+    )
     parser.add_argument(
         "--merge", action="store_true", help="also record the results in each local checkpoint's config and card"
     )
@@ -135,6 +142,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         architecture=args.arch,
         processes=Processes(device=torch.device(device)),
         progress=not args.quiet,
+        cache_dir=args.output / "initializations",
     )
     json_path, plot_path = write_report(report, args.output)
     print(format_table(report))

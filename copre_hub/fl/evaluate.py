@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -272,6 +274,7 @@ def evaluate(
     labels: Sequence[str] | None = None,
     processes: Processes | None = None,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every initialization of ``sources`` on the same downstream tasks; returns the report.
 
@@ -284,6 +287,9 @@ def evaluate(
         labels: names in the report, one per source; default: each checkpoint's model id, ``random``.
         processes: where to run; default: this process on CUDA when available, else the CPU.
         progress: show a progress bar over (initialization, task).
+        cache_dir: keep each finished initialization there and reuse those an earlier call finished under the
+            same protocol, data and tasks (see :class:`EntryCache`): an interrupted comparison resumes, and a
+            baseline such as ``"random"`` is evaluated once for several checkpoints.
 
     Returns:
         The report described in the module docstring.
@@ -309,25 +315,7 @@ def evaluate(
     seen, unseen = split_classes(images, data, inits, cfg.seed)
     pool = class_pool(cfg, seen, unseen)
     tasks = draw_tasks(images, seen, unseen, cfg)
-    processes = processes or Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    bar = _progress_bar(len(inits) * len(tasks), enabled=progress)
-    try:
-        entries = [
-            evaluate_initialization(
-                label,
-                init,
-                model_factory(init, images, cfg.classes_per_task, cfg),
-                tasks,
-                cfg,
-                processes,
-                on_task=lambda: bar.update(1),
-            )
-            for label, init in zip(labels, inits, strict=True)
-        ]
-    finally:
-        bar.close()
-    return {
-        "format": FORMAT,
+    setting = {
         "protocol": dataclasses.asdict(cfg),
         "data": {
             "dataset": data.dataset,
@@ -346,10 +334,73 @@ def evaluate(
             }
             for task in tasks
         ],
+    }
+    cache = EntryCache(Path(cache_dir), setting) if cache_dir is not None else None
+    processes = processes or Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    bar = _progress_bar(len(inits) * len(tasks), enabled=progress)
+    entries = []
+    try:
+        for label, init in zip(labels, inits, strict=True):
+            entry = cache.get(init) if cache is not None else None
+            if entry is not None:
+                bar.update(len(tasks))
+            else:
+                build = model_factory(init, images, cfg.classes_per_task, cfg)
+                entry = evaluate_initialization(label, init, build, tasks, cfg, processes, lambda: bar.update(1))
+                if cache is not None:
+                    cache.put(init, entry)
+            entries.append({**entry, "label": label, "source": init.source})
+    finally:
+        bar.close()
+    return {
+        "format": FORMAT,
+        **setting,
         "initializations": entries,
         "versions": software_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+class EntryCache:
+    """Finished initializations of one evaluation setting, one JSON file each, so a comparison can resume.
+
+    An entry is reused only for the same protocol, data and tasks (``setting``) and the same weights: the
+    checkpoint's recorded sha256, or for ``"random"`` its architecture (its weights are drawn from the protocol's
+    seed). A checkpoint without a recorded sha256 (a plain timm export) is never cached.
+    """
+
+    def __init__(self, folder: Path, setting: dict[str, Any]) -> None:
+        self.folder = folder
+        self.setting = _digest(setting)
+
+    def get(self, init: Initialization) -> dict[str, Any] | None:
+        """The saved entry of ``init`` under this setting, or None."""
+        path = self._path(init)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # unreadable: evaluate again and overwrite it
+
+    def put(self, init: Initialization, entry: dict[str, Any]) -> None:
+        """Save ``entry`` (atomically) when ``init`` has an identity to key it by."""
+        path = self._path(init)
+        if path is not None:
+            _io.atomic_write_json(path, entry)
+
+    def _path(self, init: Initialization) -> Path | None:
+        if init.is_random:
+            identity: Any = {"random": list(init.random_arch or ())}
+        elif init.block.get("sha256"):
+            identity = {"sha256": init.block["sha256"]}
+        else:
+            return None
+        return self.folder / f"{_digest({'setting': self.setting, 'weights': identity})[:24]}.json"
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def unique_labels(labels: Sequence[str], count: int) -> list[str]:
@@ -445,7 +496,9 @@ def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
     """One initialization's results in the shape :func:`copre_hub.hub.cards.build_model_card` documents.
 
     ``client_accuracies`` pools every task's clients. ``protocol`` (the full downstream settings) is kept too,
-    so a later merge of the same protocol replaces this entry instead of adding a second one.
+    so a later merge of the same protocol replaces this entry instead of adding a second one. ``baselines`` holds
+    the summaries of the report's other initializations (e.g. random), which faced the same tasks, so the card can
+    show what this initialization gains over them.
 
     Raises:
         ConfigError: no initialization has that label.
@@ -466,6 +519,9 @@ def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
         **{key: summary[key] for key in sorted(summary)},
         "client_accuracies": [a for task in entry["tasks"] for a in task["client_accuracies"]],
         "protocol": protocol,
+        "baselines": [
+            {"label": other["label"], **other["summary"]} for other in report["initializations"] if other is not entry
+        ],
     }
 
 

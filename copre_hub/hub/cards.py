@@ -66,7 +66,9 @@ def build_model_card(
             - ``mean_accuracy`` and ``mean_accuracy_std`` (%: clients' mean final accuracy, mean and std over tasks),
             - ``variance`` and ``variance_std`` (population variance of client accuracies, mean and std over tasks),
             - ``lowest_10``, ``lowest_20``, ``lowest_30`` (%: mean accuracy of the worst 10/20/30% of clients),
-            - ``client_accuracies`` (list of %, optional: one task's clients, drawn as a text histogram).
+            - ``client_accuracies`` (list of %, optional: one task's clients, drawn as a text histogram),
+            - ``baselines`` (optional): other initializations run on the same tasks, each a ``label`` and the
+              metrics above, shown as rows under this one.
 
             Defaults to the block's ``eval_results``. Missing numbers are shown as a dash.
 
@@ -124,7 +126,7 @@ def build_model_card(
         round_rows=[(key, _cell(value)) for key, value in (rounds[-1] if rounds else {}).items()],
         rounds_recorded=len(rounds),
         version_rows=[(key, _cell(value)) for key, value in (facts.get("versions") or {}).items()],
-        result_rows=[_result_row(evaluation) for evaluation in evaluations],
+        result_rows=[row for evaluation in evaluations for row in _result_rows(evaluation)],
         histograms=[
             (_setting(evaluation), _histogram(evaluation["client_accuracies"]))
             for evaluation in evaluations
@@ -187,16 +189,24 @@ def _setting(evaluation: dict[str, Any]) -> str:
     return _cell(" ".join(parts) + (f" ({', '.join(protocol)})" if protocol else ""))
 
 
-def _result_row(evaluation: dict[str, Any]) -> dict[str, str]:
+def _result_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
+    """This initialization's row of a setting, then one row per baseline run on the same tasks."""
+    rows = [_metric_cells(f"**{_setting(evaluation)}**", evaluation)]
+    for baseline in evaluation.get("baselines") or []:
+        rows.append(_metric_cells(_cell(f"same tasks from {baseline.get('label', '?')}"), baseline))
+    return rows
+
+
+def _metric_cells(setting: str, metrics: dict[str, Any]) -> dict[str, str]:
     def number(key: str) -> str:
-        value = evaluation.get(key)
+        value = metrics.get(key)
         if value is None:
             return "—"
-        spread = evaluation.get(f"{key}_std")
+        spread = metrics.get(f"{key}_std")
         return f"{float(value):.2f}" + (f" ± {float(spread):.2f}" if spread is not None else "")
 
     return {
-        "setting": _setting(evaluation),
+        "setting": setting,
         "accuracy": number("mean_accuracy"),
         "variance": number("variance"),
         **{f"lowest_{k}": number(f"lowest_{k}") for k in (10, 20, 30)},

@@ -233,7 +233,6 @@ def check_layout(folder: Path) -> dict[str, Any]:
     config = _read_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
-
         pickles = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise CheckpointError(
