@@ -88,24 +88,31 @@ def test_separate_evaluations_merge_into_the_joint_one(report, checkpoint) -> No
         merge_reports([report, {**report, "protocol": {**report["protocol"], "seed": 1}}])
 
 
-def test_cache_folder_keeps_finished_initializations_for_a_rerun(checkpoint, tmp_path, monkeypatch) -> None:
+def test_cache_folder_resumes_an_interrupted_comparison(checkpoint, tmp_path, monkeypatch) -> None:
     import copre_hub.fl.evaluate as evaluation
 
-    real, calls = evaluation.evaluate_initialization, []
+    real, calls = evaluation.run_task, []
 
-    def counted(label, *args, **kwargs):
-        calls.append(label)
-        return real(label, *args, **kwargs)
+    def run_task(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # interrupted in the second task of the second initialization
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "evaluate_initialization", counted)
+    monkeypatch.setattr(evaluation, "run_task", run_task)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate([str(checkpoint), "random"], SETTINGS, cache_dir=tmp_path)
+    saved = sorted(len(json.loads(path.read_text())["tasks"]) for path in tmp_path.glob("*.json"))
+    assert saved == [1, 2]
     first = evaluate([str(checkpoint), "random"], SETTINGS, cache_dir=tmp_path)
-    assert calls == ["test-resnet-tiny", "random"] and len(list(tmp_path.glob("*.json"))) == 2
+    assert len(calls) == 5  # only the interrupted task is run again
+    assert entry(first, "random")["summary"] == summarize(entry(first, "random")["tasks"])
     again = evaluate(["random", str(checkpoint)], SETTINGS, labels=["base", "a"], cache_dir=tmp_path)
-    assert len(calls) == 2  # both reused, under the new labels
+    assert len(calls) == 5  # everything reused, under the new labels
     assert entry(again, "base")["tasks"] == entry(first, "random")["tasks"]
     assert entry(again, "a")["tasks"] == entry(first, "test-resnet-tiny")["tasks"]
     evaluate([str(checkpoint)], {**SETTINGS, "seed": 1}, cache_dir=tmp_path)
-    assert len(calls) == 3 and len(list(tmp_path.glob("*.json"))) == 3  # other tasks: evaluated again
+    assert len(calls) == 7 and len(list(tmp_path.glob("*.json"))) == 3  # other tasks: run again
 
 
 def test_table_json_and_plot(report, tmp_path) -> None:

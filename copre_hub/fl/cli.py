@@ -105,8 +105,8 @@ def _register_evaluate(verbs: argparse._SubParsersAction) -> None:
         "--output",
         type=Path,
         default=Path("evaluation"),
-        help="folder for the results; each finished initialization is kept in its initializations/ subfolder, "
-        "and a rerun with the same settings reuses it (delete the folder to start over)",
+        help="folder for the results; each finished task is kept in its cache/ subfolder, and a rerun with the "
+        "same settings resumes from there (delete the folder to start over)",
     )
     parser.add_argument(
         "--merge", action="store_true", help="also record the results in each local checkpoint's config and card"
@@ -142,7 +142,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         architecture=args.arch,
         processes=Processes(device=torch.device(device)),
         progress=not args.quiet,
-        cache_dir=args.output / "initializations",
+        cache_dir=args.output / "cache",
     )
     json_path, plot_path = write_report(report, args.output)
     print(format_table(report))

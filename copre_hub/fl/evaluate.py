@@ -235,12 +235,20 @@ def evaluate_initialization(
     tasks: Sequence[DownstreamTask],
     cfg: DownstreamConfig,
     processes: Processes,
-    on_task: Callable[[], None] | None = None,
+    on_task: Callable[[list[dict[str, Any]]], None] | None = None,
+    finished: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Run every task from ``build(task)`` and return this initialization's entry of the report."""
-    began = time.perf_counter()
+    """Run every task from ``build(task)`` and return this initialization's entry of the report.
+
+    ``finished`` holds task results kept from an interrupted run (as in the entry's ``tasks``); those tasks are
+    not run again. ``on_task`` is called with the results so far after each task that is run.
+    """
+    done = {result["index"]: result for result in finished}
     per_task = []
     for task in tasks:
+        if task.index in done:
+            per_task.append(done[task.index])
+            continue
         started = time.perf_counter()
         accuracies = run_task(build(task), task, cfg, processes)
         per_task.append(
@@ -252,7 +260,7 @@ def evaluate_initialization(
             }
         )
         if on_task is not None:
-            on_task()
+            on_task(per_task)
     return {
         "label": label,
         "source": init.source,
@@ -261,7 +269,7 @@ def evaluate_initialization(
         "sha256": init.block.get("sha256"),
         "summary": summarize(per_task),
         "tasks": per_task,
-        "seconds": time.perf_counter() - began,
+        "seconds": sum(result["seconds"] for result in per_task),
     }
 
 
@@ -287,9 +295,9 @@ def evaluate(
         labels: names in the report, one per source; default: each checkpoint's model id, ``random``.
         processes: where to run; default: this process on CUDA when available, else the CPU.
         progress: show a progress bar over (initialization, task).
-        cache_dir: keep each finished initialization there and reuse those an earlier call finished under the
-            same protocol, data and tasks (see :class:`EntryCache`): an interrupted comparison resumes, and a
-            baseline such as ``"random"`` is evaluated once for several checkpoints.
+        cache_dir: keep each finished task there and reuse those an earlier call finished under the same
+            protocol, data and tasks (see :class:`TaskCache`): an interrupted comparison resumes where it stopped,
+            and a baseline such as ``"random"`` is evaluated once for several checkpoints.
 
     Returns:
         The report described in the module docstring.
@@ -335,21 +343,22 @@ def evaluate(
             for task in tasks
         ],
     }
-    cache = EntryCache(Path(cache_dir), setting) if cache_dir is not None else None
+    cache = TaskCache(Path(cache_dir), setting) if cache_dir is not None else None
     processes = processes or Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     bar = _progress_bar(len(inits) * len(tasks), enabled=progress)
     entries = []
     try:
         for label, init in zip(labels, inits, strict=True):
-            entry = cache.get(init) if cache is not None else None
-            if entry is not None:
-                bar.update(len(tasks))
-            else:
-                build = model_factory(init, images, cfg.classes_per_task, cfg)
-                entry = evaluate_initialization(label, init, build, tasks, cfg, processes, lambda: bar.update(1))
+            finished = cache.finished(init) if cache is not None else []
+            bar.update(len(finished))
+
+            def on_task(per_task: list[dict[str, Any]], init: Initialization = init) -> None:
+                bar.update(1)
                 if cache is not None:
-                    cache.put(init, entry)
-            entries.append({**entry, "label": label, "source": init.source})
+                    cache.save(init, per_task)
+
+            build = model_factory(init, images, cfg.classes_per_task, cfg)
+            entries.append(evaluate_initialization(label, init, build, tasks, cfg, processes, on_task, finished))
     finally:
         bar.close()
     return {
@@ -361,33 +370,34 @@ def evaluate(
     }
 
 
-class EntryCache:
-    """Finished initializations of one evaluation setting, one JSON file each, so a comparison can resume.
+class TaskCache:
+    """Finished downstream tasks of each initialization under one setting, so a long comparison can resume.
 
-    An entry is reused only for the same protocol, data and tasks (``setting``) and the same weights: the
-    checkpoint's recorded sha256, or for ``"random"`` its architecture (its weights are drawn from the protocol's
-    seed). A checkpoint without a recorded sha256 (a plain timm export) is never cached.
+    One JSON file per initialization, rewritten after each task. Results are reused only for the same protocol,
+    data and tasks (``setting``) and the same weights: the checkpoint's recorded sha256, or for ``"random"`` its
+    architecture (its weights are drawn from the protocol's seed). A checkpoint without a recorded sha256 (a plain
+    timm export) is never cached.
     """
 
     def __init__(self, folder: Path, setting: dict[str, Any]) -> None:
         self.folder = folder
         self.setting = _digest(setting)
 
-    def get(self, init: Initialization) -> dict[str, Any] | None:
-        """The saved entry of ``init`` under this setting, or None."""
+    def finished(self, init: Initialization) -> list[dict[str, Any]]:
+        """The task results of ``init`` saved under this setting (empty when none or unreadable)."""
         path = self._path(init)
         if path is None or not path.is_file():
-            return None
+            return []
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None  # unreadable: evaluate again and overwrite it
+            return list(json.loads(path.read_text())["tasks"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # unreadable: run the tasks again and overwrite it
 
-    def put(self, init: Initialization, entry: dict[str, Any]) -> None:
-        """Save ``entry`` (atomically) when ``init`` has an identity to key it by."""
+    def save(self, init: Initialization, tasks: list[dict[str, Any]]) -> None:
+        """Save (atomically) the task results of ``init``, when it has an identity to key them by."""
         path = self._path(init)
         if path is not None:
-            _io.atomic_write_json(path, entry)
+            _io.atomic_write_json(path, {"source": init.source, "tasks": tasks})
 
     def _path(self, init: Initialization) -> Path | None:
         if init.is_random:
