@@ -214,6 +214,19 @@ def test_every_benchmark_scale_builds_valid_recipes(scale: str, dataset: str) ->
         assert settings.centralized_epochs == settings.rounds * settings.participants * settings.local_epochs // 100
 
 
+def test_paired_table_differences_task_by_task() -> None:
+    def init(label: str, accuracies: list[float], variances: list[float]) -> dict:
+        tasks = [
+            {"mean_accuracy": a, "variance": v, "lowest_10": a - 10, "lowest_20": a - 5, "lowest_30": a - 3}
+            for a, v in zip(accuracies, variances, strict=True)
+        ]
+        return {"label": label, "tasks": tasks}
+
+    report = {"initializations": [init("fedavg", [50, 70], [40, 60]), init("coprefl", [53, 71], [30, 70])]}
+    table = load_benchmark().paired_table(report)
+    assert table["rows"] == [["coprefl", "+2.00 ± 1.00", "+0.00 ± 10.00", "+2.00 ± 1.00", "2/2", "1/2"]]
+
+
 @pytest.mark.slow
 def test_reproduce_paper_smoke_end_to_end_then_reused(cifar, tmp_path) -> None:
     bench = load_benchmark()
@@ -223,7 +236,7 @@ def test_reproduce_paper_smoke_end_to_end_then_reused(cifar, tmp_path) -> None:
     results = json.loads((tmp_path / "results" / "reproduce-smoke-cifar100.json").read_text())
     baselines = ["random", "centralized", "fedavg", "fedmeta", "qffl"]
     assert list(results["initializations"]) == [*baselines, "coprefl-g0.0", "coprefl-g0.75"]
-    assert [t["title"].split(":")[0] for t in results["tables"]] == ["Table 1a", "Table 3a", "Table 2"]
+    assert [t["title"].split(":")[0] for t in results["tables"]] == ["Table 1a", "Table 3a", "Table 2", "Paired"]
     assert (tmp_path / "results" / "reproduce-smoke-cifar100.md").read_text().count("| CoPreFL") == 2
     assert bench.main(args) == 0  # a second run reuses every checkpoint and evaluation: the same numbers
     again = json.loads((tmp_path / "results" / "reproduce-smoke-cifar100.json").read_text())
