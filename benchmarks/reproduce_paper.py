@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import time
 import tomllib
@@ -398,26 +399,31 @@ def main(argv: list[str] | None = None) -> int:
         args.dataset, tasks=scale.tasks, rounds=scale.downstream_rounds, seed=args.seed
     )
     report = evaluate_all(runs, checkpoints, protocol, first.data, first.model.architecture, work, not args.quiet)
-    tables = [*paper_tables(runs, report, args.dataset), paired_table(report)]
+    initializations = {}
+    for run, entry in zip(runs, report["initializations"], strict=True):
+        record = _pretrain_record(checkpoints.get(run.label))
+        initializations[run.label] = {
+            "method": run.method,
+            "scenario": run.scenario,
+            "gamma": run.gamma,
+            "recipe": run.recipe.to_dict() if run.recipe else None,
+            "checkpoint": str(checkpoints[run.label]) if run.recipe else None,
+            "pretrain_seconds": record["seconds"],
+            "final_train_loss": record["final_train_loss"],
+            "evaluate_seconds": entry["seconds"],
+            "summary": entry["summary"],
+        }
+    tables = [
+        *paper_tables(runs, report, args.dataset),
+        paired_table(report),
+        pretraining_table(initializations, len(report["data"]["pretrain_classes"])),
+    ]
     name = f"reproduce-{args.scale}-{args.dataset}"
     header = (
         f"## {name}\n\nScale {args.scale}: {dataclasses.asdict(scale)}\n\nDownstream protocol: "
         f"{dataclasses.asdict(protocol)}"
     )
     text = markdown(tables, header)
-    initializations = {
-        run.label: {
-            "method": run.method,
-            "scenario": run.scenario,
-            "gamma": run.gamma,
-            "recipe": run.recipe.to_dict() if run.recipe else None,
-            "checkpoint": str(checkpoints[run.label]) if run.recipe else None,
-            "pretrain_seconds": _pretrain_seconds(checkpoints.get(run.label)),
-            "evaluate_seconds": entry["seconds"],
-            "summary": entry["summary"],
-        }
-        for run, entry in zip(runs, report["initializations"], strict=True)
-    }
     results = {
         "scale": args.scale,
         "dataset": args.dataset,
@@ -445,12 +451,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _pretrain_seconds(checkpoint: Path | None) -> float:
-    """Seconds the pre-training rounds took (summed from the run record, so a resumed run counts every round)."""
+def _pretrain_record(checkpoint: Path | None) -> dict:
+    """Seconds the pre-training rounds took (summed from the run record, so a resumed run counts every round) and
+    the training loss of the last round (None for random)."""
     if checkpoint is None:
-        return 0.0
-    record = json.loads((checkpoint.parent / "run.json").read_text())
-    return sum(r.get("seconds", 0.0) for r in record.get("rounds", []))
+        return {"seconds": 0.0, "final_train_loss": None}
+    rounds = json.loads((checkpoint.parent / "run.json").read_text()).get("rounds", [])
+    return {
+        "seconds": sum(r.get("seconds", 0.0) for r in rounds),
+        "final_train_loss": rounds[-1].get("train_loss") if rounds else None,
+    }
+
+
+def pretraining_table(initializations: dict, classes: int) -> dict:
+    """How far each pre-training got: its last round's training loss beside chance, ln(classes).
+
+    A loss still near chance means the weights are close to their random start, whatever the method.
+    """
+    return {
+        "title": "Pre-training: training loss of the last round",
+        "note": f"chance (uniform prediction over the {classes} pre-training classes) is ln {classes} = "
+        f"{math.log(classes):.3f}",
+        "header": ["pre-training", "loss", "seconds"],
+        "rows": [
+            [label, f"{entry['final_train_loss']:.3f}", f"{entry['pretrain_seconds']:.0f}"]
+            for label, entry in initializations.items()
+            if entry["final_train_loss"] is not None
+        ],
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -236,7 +236,13 @@ def test_reproduce_paper_smoke_end_to_end_then_reused(cifar, tmp_path) -> None:
     results = json.loads((tmp_path / "results" / "reproduce-smoke-cifar100.json").read_text())
     baselines = ["random", "centralized", "fedavg", "fedmeta", "qffl"]
     assert list(results["initializations"]) == [*baselines, "coprefl-g0.0", "coprefl-g0.75"]
-    assert [t["title"].split(":")[0] for t in results["tables"]] == ["Table 1a", "Table 3a", "Table 2", "Paired"]
+    assert [t["title"].split(":")[0] for t in results["tables"]] == [
+        "Table 1a",
+        "Table 3a",
+        "Table 2",
+        "Paired",
+        "Pre-training",
+    ]
     assert (tmp_path / "results" / "reproduce-smoke-cifar100.md").read_text().count("| CoPreFL") == 2
     assert bench.main(args) == 0  # a second run reuses every checkpoint and evaluation: the same numbers
     again = json.loads((tmp_path / "results" / "reproduce-smoke-cifar100.json").read_text())
