@@ -102,3 +102,30 @@ def test_results_default_to_the_config_block() -> None:
 
 def test_repository_template_is_the_packaged_one() -> None:
     assert (REPO / "model_cards" / "template.md").read_text() == TEMPLATE_PATH.read_text()
+
+
+def test_card_reads_the_block_pretrain_writes() -> None:
+    """`copre-hub pretrain` records the scenario as a number and the data, partition and method as tables."""
+    block = {
+        "model_id": "copreFL-resnet18-cifar100",
+        "method": "coprefl",
+        "scenario": 2,
+        "seed": 0,
+        "data": {"dataset": "cifar100", "pretrain_classes": list(range(80)), "downstream_classes": [80, 81, 82]},
+        "partition": {"num_clients": 100, "scheme": "dirichlet", "alpha": 0.5, "server_fraction": 0.05},
+        "hyperparameters": {"rounds": 50, "gamma": 0.25},
+        "recipe": {"data": {"dataset": "cifar100", "path": None}},
+        "final_metrics": {"round": 50, "train_loss": 3.9892},
+    }
+    content = build_model_card({**CONFIG, "copre_hub": block}).content
+    for row in (
+        "| Scenario | Scenario II (clients plus a server dataset) |",
+        "| Dataset | CIFAR-100 |",
+        "| Class split | pretrain=0-79; downstream=80-82 |",
+        "| Partitioner | scheme=dirichlet; alpha=0.5; server_fraction=0.05 |",
+        "| Clients | 100 |",
+        "| Rounds | 50 |",
+        "| train_loss | 3.989 |",
+    ):
+        assert row in content
+    assert "`data.path`" not in content and "rounds recorded" not in content

@@ -28,6 +28,7 @@ METHOD_NAMES = {
     "centralized": "centralized",
 }
 SCENARIOS = {"I": "Scenario I (pre-training data only on clients)", "II": "Scenario II (clients plus a server dataset)"}
+_SCENARIO_NUMERALS = {"1": "I", "2": "II"}  # the engine records the scenario as a number
 # copre_hub block keys shown as pre-training rows, in this order, with their labels.
 _PRETRAINING_FIELDS = (
     ("method", "Method"),
@@ -83,7 +84,8 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    meta = config.get("copre_hub") or {}
+    block = config.get("copre_hub") or {}
+    meta = {**_engine_facts(block), **block}
     record = run_record or {}
     evaluations = _as_list(eval_results if eval_results is not None else meta.get("eval_results"))
     model_id = str(meta.get("model_id") or config.get("pretrained_cfg", {}).get("tag") or config["architecture"])
@@ -101,7 +103,7 @@ def build_model_card(
         model_name=model_id if results else None,
         eval_results=results or None,
     )
-    rounds = record.get("rounds") or []
+    rounds = record.get("rounds") or ([meta["final_metrics"]] if meta.get("final_metrics") else [])
     facts = {**meta, **{key: value for key, value in record.items() if key != "rounds"}}
     return ModelCard.from_template(
         card_data,
@@ -122,9 +124,11 @@ def build_model_card(
             for key, label in _PRETRAINING_FIELDS
             if facts.get(key) not in (None, "", [], {})
         ],
-        recipe_rows=[(key, _cell(value)) for key, value in _flatten(facts.get("recipe") or {})],
+        recipe_rows=[
+            (key, _cell(value)) for key, value in _flatten(facts.get("recipe") or {}) if value not in (None, "", [], {})
+        ],
         round_rows=[(key, _cell(value)) for key, value in (rounds[-1] if rounds else {}).items()],
-        rounds_recorded=len(rounds),
+        rounds_recorded=len(record.get("rounds") or []),
         version_rows=[(key, _cell(value)) for key, value in (facts.get("versions") or {}).items()],
         result_rows=[row for evaluation in evaluations for row in _result_rows(evaluation)],
         histograms=[
@@ -133,6 +137,26 @@ def build_model_card(
             if evaluation.get("client_accuracies")
         ],
     )
+
+
+def _engine_facts(block: dict[str, Any]) -> dict[str, Any]:
+    """The card's pre-training fields read from the tables `copre-hub pretrain` records (``data``, ``partition``,
+    ``hyperparameters``, ``seed``); keys the block states directly win over these."""
+    data = block.get("data") or {}
+    partition = block.get("partition") or {}
+    facts: dict[str, Any] = {}
+    if data.get("dataset"):
+        facts["dataset"] = data["dataset"]
+    if data.get("pretrain_classes"):
+        facts["class_split"] = {"pretrain": data["pretrain_classes"], "downstream": data.get("downstream_classes")}
+    if partition:
+        facts["partitioner"] = {
+            key: partition[key] for key in ("scheme", "alpha", "server_fraction") if key in partition
+        }
+        facts["clients"] = partition.get("num_clients")
+    facts["rounds"] = (block.get("hyperparameters") or {}).get("rounds")
+    facts["seeds"] = block.get("seed")
+    return {key: value for key, value in facts.items() if value is not None}
 
 
 def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:
@@ -174,6 +198,8 @@ def _summary(config: dict[str, Any], meta: dict[str, Any]) -> str:
 def _display(key: str, value: Any) -> Any:
     """The readable name of a method, scenario or dataset id; other values unchanged."""
     names = {"method": METHOD_NAMES, "scenario": SCENARIOS, "dataset": DATASET_NAMES}.get(key, {})
+    if key == "scenario":
+        value = _SCENARIO_NUMERALS.get(str(value), value)
     return names.get(str(value).lower() if key != "scenario" else str(value), value)
 
 
