@@ -70,7 +70,13 @@ def make_checkpoint():
     def make(folder: Path, seed: int = 0, num_classes: int = 7, **meta):
         torch.manual_seed(seed)
         model = timm.create_model("test_resnet", num_classes=num_classes)
-        meta = {"model_id": "test-resnet-tiny", "method": "coprefl", "dataset": "cifar100", "seed": seed, **meta}
+        meta = {
+            "model_id": "test-resnet-tiny",
+            "method": "coprefl",
+            "data": {"dataset": "cifar100"},
+            "seed": seed,
+            **meta,
+        }
         save_checkpoint(
             model,
             folder,

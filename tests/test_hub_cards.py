@@ -18,9 +18,12 @@ CONFIG = {
     "copre_hub": {
         "model_id": "copreFL-resnet18-cifar100",
         "method": "coprefl",
-        "scenario": "I",
-        "dataset": "cifar100",
-        "class_split": {"pretrain": list(range(80)), "downstream": list(range(80, 100))},
+        "scenario": 1,
+        "data": {
+            "dataset": "cifar100",
+            "pretrain_classes": list(range(80)),
+            "downstream_classes": list(range(80, 100)),
+        },
         "sha256": "ab" * 32,
         "copre_hub_version": "0.1.0",
     },

@@ -146,7 +146,7 @@ def data_config(inits: Sequence[Initialization]) -> DataConfig:
     for init in inits:
         block = init.block
         recipe_data = (block.get("recipe") or {}).get("data") or {}
-        dataset = recipe_data.get("dataset") or (block.get("data") or {}).get("dataset") or block.get("dataset")
+        dataset = recipe_data.get("dataset") or (block.get("data") or {}).get("dataset")
         if dataset:
             fields = {k: recipe_data[k] for k in _DATA_KEYS if recipe_data.get(k) is not None}
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}

@@ -27,19 +27,7 @@ METHOD_NAMES = {
     "fedprox": "FedProx",
     "centralized": "centralized",
 }
-SCENARIOS = {"I": "Scenario I (pre-training data only on clients)", "II": "Scenario II (clients plus a server dataset)"}
-_SCENARIO_NUMERALS = {"1": "I", "2": "II"}  # the engine records the scenario as a number
-# copre_hub block keys shown as pre-training rows, in this order, with their labels.
-_PRETRAINING_FIELDS = (
-    ("method", "Method"),
-    ("scenario", "Scenario"),
-    ("dataset", "Dataset"),
-    ("class_split", "Class split"),
-    ("partitioner", "Partitioner"),
-    ("clients", "Clients"),
-    ("rounds", "Rounds"),
-    ("seeds", "Seeds"),
-)
+SCENARIOS = {"1": "Scenario I (pre-training data only on clients)", "2": "Scenario II (clients plus a server dataset)"}
 _HISTOGRAM_BINS = 10
 
 
@@ -53,11 +41,13 @@ def build_model_card(
     Everything is optional beyond ``config["architecture"]``: missing pieces leave their section saying so.
 
     Args:
-        config: the checkpoint's ``config.json``. Its ``copre_hub`` block may hold ``model_id``, ``repo_id``,
-            ``method``, ``scenario`` (``"I"``/``"II"``), ``dataset``, ``class_split``, ``partitioner``, ``clients``,
-            ``rounds``, ``seeds``, ``recipe``, ``versions``, ``sha256`` and ``eval_results``.
+        config: the checkpoint's ``config.json``. Its ``copre_hub`` block, as ``copre-hub pretrain`` writes it,
+            may hold ``model_id``, ``repo_id``, ``method``, ``scenario`` (1 or 2), ``seed``, ``data``
+            (``dataset``, ``pretrain_classes``, ``downstream_classes``), ``partition`` (``num_clients``,
+            ``scheme``, ``alpha``, ``server_fraction``), ``hyperparameters`` (``rounds``, ...), ``recipe``,
+            ``versions``, ``final_metrics`` (the last round's), ``sha256`` and ``eval_results``.
         run_record: the pre-training run: ``recipe`` (nested dict), ``rounds`` (list of per-round metric dicts;
-            the last one is shown), ``versions`` (package -> version), ``seeds``. Values here win over the block.
+            the last one is shown), ``versions`` (package -> version). Values here win over the block.
         eval_results: downstream evaluation of this initialization, one dict or a list of dicts (one per
             downstream setting), each with the keys:
 
@@ -84,14 +74,13 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    block = config.get("copre_hub") or {}
-    meta = {**_engine_facts(block), **block}
+    meta = config.get("copre_hub") or {}
     record = run_record or {}
     evaluations = _as_list(eval_results if eval_results is not None else meta.get("eval_results"))
     model_id = str(meta.get("model_id") or config.get("pretrained_cfg", {}).get("tag") or config["architecture"])
     repo_id = str(meta.get("repo_id") or f"{_env.default_org()}/{model_id}")
     method = str(meta.get("method") or "")
-    dataset = str(meta.get("dataset") or "")
+    dataset = str((meta.get("data") or {}).get("dataset") or "")
     datasets = _unique(DATASET_IDS.get(name, name) for name in [dataset, *(e.get("dataset") for e in evaluations)])
     results = [result for evaluation in evaluations for result in _eval_results(evaluation)]
     card_data = ModelCardData(
@@ -110,7 +99,7 @@ def build_model_card(
         template_path=str(TEMPLATE_PATH),
         model_id=model_id,
         repo_id=repo_id,
-        summary=_summary(config, meta),
+        summary=_summary(config, meta, dataset),
         architecture=config["architecture"],
         num_classes=config.get("num_classes", "?"),
         input_size="x".join(str(size) for size in config.get("pretrained_cfg", {}).get("input_size", ())) or "?",
@@ -119,11 +108,7 @@ def build_model_card(
         dataset=_display("dataset", dataset),
         sha256=meta.get("sha256") or "",
         copre_hub_version=meta.get("copre_hub_version") or "?",
-        pretraining_rows=[
-            (label, _cell(_display(key, facts[key])))
-            for key, label in _PRETRAINING_FIELDS
-            if facts.get(key) not in (None, "", [], {})
-        ],
+        pretraining_rows=_pretraining_rows(facts),
         recipe_rows=[
             (key, _cell(value)) for key, value in _flatten(facts.get("recipe") or {}) if value not in (None, "", [], {})
         ],
@@ -139,24 +124,22 @@ def build_model_card(
     )
 
 
-def _engine_facts(block: dict[str, Any]) -> dict[str, Any]:
-    """The card's pre-training fields read from the tables `copre-hub pretrain` records (``data``, ``partition``,
-    ``hyperparameters``, ``seed``); keys the block states directly win over these."""
-    data = block.get("data") or {}
-    partition = block.get("partition") or {}
-    facts: dict[str, Any] = {}
-    if data.get("dataset"):
-        facts["dataset"] = data["dataset"]
-    if data.get("pretrain_classes"):
-        facts["class_split"] = {"pretrain": data["pretrain_classes"], "downstream": data.get("downstream_classes")}
-    if partition:
-        facts["partitioner"] = {
-            key: partition[key] for key in ("scheme", "alpha", "server_fraction") if key in partition
-        }
-        facts["clients"] = partition.get("num_clients")
-    facts["rounds"] = (block.get("hyperparameters") or {}).get("rounds")
-    facts["seeds"] = block.get("seed")
-    return {key: value for key, value in facts.items() if value is not None}
+def _pretraining_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, cell) rows of what the pre-training was: method, scenario, data, partition, rounds and seed."""
+    data = facts.get("data") or {}
+    partition = facts.get("partition") or {}
+    split = {"pretrain": data.get("pretrain_classes"), "downstream": data.get("downstream_classes")}
+    rows = [
+        ("Method", _display("method", facts.get("method"))),
+        ("Scenario", _display("scenario", facts.get("scenario"))),
+        ("Dataset", _display("dataset", data.get("dataset"))),
+        ("Class split", split if data.get("pretrain_classes") else None),
+        ("Partitioner", {key: partition[key] for key in ("scheme", "alpha", "server_fraction") if key in partition}),
+        ("Clients", partition.get("num_clients")),
+        ("Rounds", (facts.get("hyperparameters") or {}).get("rounds")),
+        ("Seed", facts.get("seed")),
+    ]
+    return [(label, _cell(value)) for label, value in rows if value not in (None, "", [], {})]
 
 
 def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:
@@ -185,11 +168,11 @@ def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:
     ]
 
 
-def _summary(config: dict[str, Any], meta: dict[str, Any]) -> str:
+def _summary(config: dict[str, Any], meta: dict[str, Any], dataset: str) -> str:
     method = _display("method", meta.get("method") or "") or "federated"
     text = f"A {method} pre-trained initialization of timm `{config['architecture']}` for federated downstream tasks"
-    if meta.get("dataset"):
-        text += f", pre-trained on {_display('dataset', meta['dataset'])}"
+    if dataset:
+        text += f", pre-trained on {_display('dataset', dataset)}"
     if meta.get("scenario"):
         text += f" in {_display('scenario', meta['scenario'])}"
     return text + "."
@@ -198,9 +181,7 @@ def _summary(config: dict[str, Any], meta: dict[str, Any]) -> str:
 def _display(key: str, value: Any) -> Any:
     """The readable name of a method, scenario or dataset id; other values unchanged."""
     names = {"method": METHOD_NAMES, "scenario": SCENARIOS, "dataset": DATASET_NAMES}.get(key, {})
-    if key == "scenario":
-        value = _SCENARIO_NUMERALS.get(str(value), value)
-    return names.get(str(value).lower() if key != "scenario" else str(value), value)
+    return names.get(str(value).lower(), value)
 
 
 def _setting(evaluation: dict[str, Any]) -> str:
