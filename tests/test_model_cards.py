@@ -34,7 +34,9 @@ def published(request: pytest.FixtureRequest) -> tuple[str, ModelCard, dict]:
 
 
 def _entry(report: dict, model_id: str) -> dict:
-    return next(entry for entry in report["initializations"] if entry["model_id"] == model_id)
+    entries = [entry for entry in report["initializations"] if entry["model_id"] == model_id]
+    assert len(entries) == 1, f"evaluation.json should hold exactly one entry for {model_id}"
+    return entries[0]
 
 
 def test_card_is_a_published_id(published: tuple[str, ModelCard, dict]) -> None:
@@ -44,12 +46,11 @@ def test_card_is_a_published_id(published: tuple[str, ModelCard, dict]) -> None:
 
 
 def test_report_ran_the_papers_protocol(published: tuple[str, ModelCard, dict]) -> None:
-    _, card, report = published
+    _, _, report = published
     paper = dataclasses.asdict(DownstreamConfig.for_dataset(report["data"]["dataset"]))
     assert report["protocol"] == paper
     for entry in report["initializations"]:
         assert [task["index"] for task in entry["tasks"]] == list(range(paper["tasks"]))
-    assert f"FedAvg, {paper['tasks']} tasks" in card.data.eval_results[0].metric_name
 
 
 def test_card_names_the_evaluated_weights(published: tuple[str, ModelCard, dict]) -> None:
