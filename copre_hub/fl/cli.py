@@ -50,6 +50,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from copre_hub.fl.pretrain import pretrain
     from copre_hub.fl.recipe import load_recipe
 
@@ -61,7 +63,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides + args.overrides)
     output = args.output or Path("runs") / recipe.name
     folder = pretrain(recipe, output, resume=args.resume, progress=not args.quiet)
-    if not args.quiet:
+    if not args.quiet and PartialState().is_main_process:  # once, not once per launched process
         print(f"checkpoint: {folder}")
     return 0
 

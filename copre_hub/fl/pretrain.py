@@ -119,8 +119,8 @@ def pretrain(
 
     def on_round(done: int, metrics: dict) -> None:
         history.append(metrics)
+        bar.set_postfix(_postfix(metrics), refresh=False)  # shown by the update, with this round's count
         bar.update(1)
-        bar.set_postfix(_postfix(metrics), refresh=False)
         if processes.is_main and (done % recipe.run.checkpoint_every == 0 or done == prepared.method.rounds):
             write_state(out, recipe, done, sim.flat.vector, {**record, "rounds": history})
 
