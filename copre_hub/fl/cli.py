@@ -78,8 +78,11 @@ _DOWNSTREAM_FLAGS = [
     ("--alpha", "alpha", float, "Dirichlet alpha (default 0.5)"),
     ("--rounds", "rounds", int, "downstream rounds R (default 50; 10 for femnist)"),
     ("--local-steps", "local_steps", int, "local SGD iterations per round (default 5)"),
+    ("--local-epochs", "local_epochs", int, "instead of --local-steps, passes over the client's data per round"),
     ("--batch-size", "batch_size", int, "local batch size (default 32)"),
     ("--lr", "lr", float, "local learning rate (default 1e-3)"),
+    ("--momentum", "momentum", float, "local SGD momentum, fresh every round (default 0)"),
+    ("--weight-decay", "weight_decay", float, "local SGD weight decay (default 0)"),
     ("--algorithm", "algorithm", str, "fedavg (default), fedprox or qffl"),
     ("--mu", "mu", float, "FedProx mu (default 1)"),
     ("--q", "q", float, "q-FFL q (default 2)"),
@@ -96,8 +99,19 @@ def _register_evaluate(verbs: argparse._SubParsersAction) -> None:
         "plot.",
     )
     parser.add_argument("sources", nargs="+", metavar="ID_OR_PATH", help="checkpoint folder, Hub id, or 'random'")
+    from copre_hub.fl.protocols import PROTOCOLS
+
+    parser.add_argument(
+        "--protocol",
+        default="literal",
+        choices=list(PROTOCOLS),
+        help="reading of the paper's downstream protocol the flags below start from (default literal: its text)",
+    )
     for flag, name, kind, text in _DOWNSTREAM_FLAGS:
         parser.add_argument(flag, dest=f"downstream_{name}", type=kind, metavar=kind.__name__.upper(), help=text)
+    parser.add_argument(
+        "--nesterov", dest="downstream_nesterov", action="store_const", const=True, help="Nesterov momentum"
+    )
     parser.add_argument("--dataset", help="dataset (default: the first checkpoint's pre-training dataset)")
     parser.add_argument("--data-path", help="local dataset folder (Parquet shards or imagefolder)")
     parser.add_argument("--data-dir", type=Path, help="folder of local dataset copies (sets COPRE_HUB_DATA)")
@@ -133,9 +147,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is visible; use --device cpu.")
     data = DataConfig(dataset=args.dataset, path=args.data_path) if args.dataset else None
-    settings = {
-        name: value for _, name, _, _ in _DOWNSTREAM_FLAGS if (value := getattr(args, f"downstream_{name}")) is not None
-    }
+    names = [name for _, name, _, _ in _DOWNSTREAM_FLAGS] + ["nesterov"]
+    settings = {name: value for name in names if (value := getattr(args, f"downstream_{name}")) is not None}
+    settings["protocol"] = args.protocol
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     report = evaluate(
         args.sources,

@@ -23,7 +23,9 @@ from copre_hub.errors import ConfigError, DataError
 from copre_hub.fl.data import ImageData
 from copre_hub.fl.distributed import Processes
 from copre_hub.fl.methods import Method, create_method
+from copre_hub.fl.optim import check_sgd_settings
 from copre_hub.fl.partition import FederatedData, PartitionConfig, partition_indices
+from copre_hub.fl.protocols import PROTOCOLS
 from copre_hub.fl.seeding import derive_seed, generator
 from copre_hub.fl.simulation import Simulation
 
@@ -50,7 +52,10 @@ class DownstreamConfig:
         test_fraction: share of each client's data held out as its test split (floor, at least 1 sample).
         rounds: R, downstream FL rounds.
         local_steps: mini-batch SGD iterations per client per round.
+        local_epochs: instead of ``local_steps``, this many passes over the client's train split per round.
         batch_size, lr: local SGD.
+        momentum, nesterov, weight_decay: the clients' optimiser beyond plain SGD (``torch.optim.SGD``'s meaning);
+            its state starts fresh every round, as on real FL clients.
         algorithm: ``fedavg``, ``fedprox`` (with ``mu``) or ``qffl`` (with ``q``; step constant L = 1/lr, so with
             q = 0 the update is the unweighted mean of the clients' weights: FedAvg when clients hold equal data).
         mu: FedProx proximal weight (the paper's Table 3b uses 1).
@@ -68,8 +73,12 @@ class DownstreamConfig:
     test_fraction: float = 0.2
     rounds: int = 50
     local_steps: int = 5
+    local_epochs: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
     algorithm: str = "fedavg"
     mu: float = 1.0
     q: float = 2.0
@@ -90,15 +99,23 @@ class DownstreamConfig:
             raise ConfigError(f"downstream test_fraction must be in (0, 1), got {self.test_fraction}.")
         if self.alpha <= 0 or self.lr <= 0 or self.mu < 0 or self.q < 0:
             raise ConfigError("downstream alpha and lr must be positive, mu and q non-negative.")
+        if self.local_epochs is not None and self.local_epochs < 1:
+            raise ConfigError(f"downstream local_epochs must be at least 1, got {self.local_epochs}.")
+        check_sgd_settings(self.momentum, self.nesterov, self.weight_decay, where="downstream ")
 
     @classmethod
-    def for_dataset(cls, dataset: str, **settings: object) -> DownstreamConfig:
-        """The paper's protocol for ``dataset`` (R = 10 on FEMNIST, 50 elsewhere), with ``settings`` on top.
+    def for_dataset(cls, dataset: str, protocol: str = "literal", **settings: object) -> DownstreamConfig:
+        """The paper's protocol for ``dataset`` (R = 10 on FEMNIST, 50 elsewhere) under the reading ``protocol``
+        (a key of :data:`PROTOCOLS`), with ``settings`` on top.
 
         Raises:
-            ConfigError: an unknown setting or an invalid value.
+            ConfigError: an unknown protocol or setting, or an invalid value.
         """
-        defaults = {"rounds": ROUNDS_BY_DATASET.get(dataset.lower(), cls.rounds)}
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown downstream protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+        defaults = {"rounds": ROUNDS_BY_DATASET.get(dataset.lower(), cls.rounds), **PROTOCOLS[protocol]}
+        if "local_steps" in settings and "local_epochs" not in settings:
+            defaults["local_epochs"] = None  # steps asked for explicitly replace a reading's epochs
         try:
             return cls(**{**defaults, **settings})
         except TypeError as error:
@@ -234,13 +251,17 @@ def draw_tasks(
 def downstream_method(cfg: DownstreamConfig) -> Method:
     """The downstream FL algorithm: every client each round, ``local_steps`` mini-batch steps, ``rounds`` rounds."""
     settings = {"fedprox": {"mu": cfg.mu}, "qffl": {"q": cfg.q}}.get(cfg.algorithm, {})
+    amount = {"local_steps": cfg.local_steps} if cfg.local_epochs is None else {"local_epochs": cfg.local_epochs}
     return create_method(
         cfg.algorithm,
         rounds=cfg.rounds,
         participants=cfg.clients,
-        local_steps=cfg.local_steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        **amount,
         **settings,
     )
 

@@ -11,6 +11,7 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from copre_hub.fl.optim import PLAIN_SGD, SGDSettings
 from copre_hub.fl.simulation import Simulation, iterate_batches
 
 
@@ -25,8 +26,14 @@ def trajectory_vjp(
     generator: torch.Generator,
     epochs: int | None = None,
     steps: int | None = None,
+    sgd: SGDSettings = PLAIN_SGD,
 ) -> torch.Tensor:
-    """``J^T vector`` where J is the Jacobian of the client's final parameters with respect to its start."""
+    """``J^T vector`` where J is the Jacobian of the client's final parameters with respect to its start.
+
+    The replay is of plain SGD; momentum and weight decay are refused (``CoPreFL`` checks it at construction).
+    """
+    if not sgd.is_plain:
+        raise ValueError("the second-order replay supports plain SGD only")
     flat = sim.flat
     theta0 = start[: flat.num_params].clone().requires_grad_(True)
     buffers = {name: t.clone() for name, t in flat.unflatten(start).items() if name in set(flat.buffer_names)}

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from copre_hub.fl.aggregate import Accumulator
 from copre_hub.fl.data import augment, normalize
 from copre_hub.fl.distributed import Processes
+from copre_hub.fl.optim import PLAIN_SGD, LocalSGD, SGDSettings
 from copre_hub.fl.partition import FederatedData
 from copre_hub.fl.state import FlatModel
 
@@ -102,29 +103,38 @@ class Simulation:
         epochs: int | None = None,
         steps: int | None = None,
         prox_mu: float = 0.0,
+        sgd: SGDSettings = PLAIN_SGD,
     ) -> float:
         """Mini-batch SGD in place: ``epochs`` passes over ``indices``, or exactly ``steps`` mini-batches.
 
-        ``prox_mu`` adds FedProx's proximal term ``mu/2 * ||w - w_start||^2``. Returns the mean batch loss.
+        ``prox_mu`` adds FedProx's proximal term ``mu/2 * ||w - w_start||^2``; ``sgd`` sets momentum, Nesterov and
+        weight decay, whose state starts fresh with each call (one client's round). Returns the mean batch loss.
 
         Gradients come from ``torch.autograd.grad`` as fresh tensors (nothing to zero, nothing accumulated into
-        ``flat.grad``) and the step is one ``_foreach_add_``, as in ``torch.optim.SGD``; the loss is summed on the
+        ``flat.grad``) and the step is ``_foreach`` arithmetic, as in ``torch.optim.SGD``; the loss is summed on the
         device, so a step never waits for the accelerator.
         """
         self.model.train()
         n = self.flat.num_params
+        optimizer = LocalSGD(self._params, lr, sgd, self._momentum_buffers() if sgd.momentum else None)
         total, count = torch.zeros((), device=self.device), 0
         for batch_idx in iterate_batches(indices, batch_size, generator, epochs=epochs, steps=steps):
             x, y = self.batch(batch_idx, generator)
             loss = self.loss(x, y)
             grads = torch.autograd.grad(loss, self._params, materialize_grads=True)  # zeros for unused parameters
-            with torch.no_grad():
-                if prox_mu:  # the proximal gradient mu * (w - w_start), at the weights the gradient was taken at
+            if prox_mu:  # the proximal gradient mu * (w - w_start), at the weights the gradient was taken at
+                with torch.no_grad():
                     self.flat.params.sub_(self.flat.params - self.start[:n], alpha=lr * prox_mu)
-                torch._foreach_add_(self._params, grads, alpha=-lr)
+            optimizer.step(grads)
             total += loss.detach()
             count += 1
         return float(total) / max(count, 1)
+
+    def _momentum_buffers(self) -> list[torch.Tensor]:
+        """Per-parameter views of one scratch vector: the momentum of the client being trained."""
+        flat = self.workspace("momentum", self.flat.num_params)
+        views = flat.split([p.numel() for p in self._params])
+        return [view.view_as(p) for view, p in zip(views, self._params, strict=True)]
 
     def loss_and_grad(self, indices: torch.Tensor) -> float:
         """Mean cross-entropy over all of ``indices`` (train-mode forward) with its gradient left in ``flat.grad``."""

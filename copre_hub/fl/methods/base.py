@@ -24,9 +24,10 @@ import torch
 from copre_hub.errors import ConfigError, DataError
 from copre_hub.fl.aggregate import Accumulator
 from copre_hub.fl.distributed import Processes
+from copre_hub.fl.optim import SGDSettings, check_sgd_settings
 from copre_hub.fl.partition import FederatedData, check_support_query, support_query
 from copre_hub.fl.seeding import generator
-from copre_hub.fl.simulation import Simulation, iterate_batches
+from copre_hub.fl.simulation import Simulation
 
 RoundCallback = Callable[[int, dict], None]
 
@@ -51,6 +52,9 @@ class Method:
         local_epochs: E, passes over the client's training data per round.
         local_steps: instead of epochs, exactly this many mini-batch steps per round (downstream FL uses 5).
         batch_size, lr: local mini-batch SGD.
+        momentum, nesterov, weight_decay: the local optimiser beyond plain SGD (``torch.optim.SGD``'s meaning),
+            also used by the server's SGD steps; its state starts fresh every round on every client, as on real
+            FL clients. The defaults are the paper's plain SGD.
         scenario: 1 (all data on clients) or 2 (hybrid: the server holds a small share, ``FederatedData.server``).
         server_steps, server_lr: Scenario II refinement, SGD iterations on the server data after each round.
         query_fraction: share of a client's data in its query set, for methods that split (``uses_query``).
@@ -65,6 +69,9 @@ class Method:
     local_steps: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
     scenario: int = 1
     server_steps: int = 5
     server_lr: float = 1e-3
@@ -80,6 +87,7 @@ class Method:
             raise ConfigError("method.local_epochs and server_steps cannot be negative, nor local_steps below 1.")
         if self.lr <= 0 or self.server_lr <= 0:
             raise ConfigError(f"learning rates must be positive (lr={self.lr}, server_lr={self.server_lr}).")
+        check_sgd_settings(self.momentum, self.nesterov, self.weight_decay, where="method.")
         if self.scenario not in (1, 2):
             raise ConfigError(f"method.scenario must be 1 or 2, got {self.scenario}.")
         if not 0 < self.query_fraction < 1:
@@ -192,10 +200,18 @@ class Method:
         loss = sim.train(indices, generator=generator(seed, "batches", t, client), **self.local_schedule())
         return ClientResult(weight=float(indices.numel()), loss=loss)
 
+    @property
+    def sgd(self) -> SGDSettings:
+        """The local (and server) optimiser's settings beyond the learning rate."""
+        return SGDSettings(momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)
+
+    def local_amount(self) -> dict:
+        """How much local work a round is: ``{"epochs": E}`` or ``{"steps": S}``."""
+        return {"epochs": self.local_epochs} if self.local_steps is None else {"steps": self.local_steps}
+
     def local_schedule(self) -> dict:
         """Keyword arguments of :meth:`Simulation.train` for one client's local update."""
-        amount = {"epochs": self.local_epochs} if self.local_steps is None else {"steps": self.local_steps}
-        return {"lr": self.lr, "batch_size": self.batch_size, **amount}
+        return {"lr": self.lr, "batch_size": self.batch_size, "sgd": self.sgd, **self.local_amount()}
 
     def accumulator(self, sim: Simulation) -> Accumulator:
         """The round's running sums (allocated once per simulation, zeroed each round)."""
@@ -218,20 +234,18 @@ class Method:
     def server_update(self, sim: Simulation, seed: int, t: int, participants: list[int]) -> dict:
         """After aggregation: in Scenario II, ``server_steps`` SGD iterations on the server data."""
         if self.scenario == 2 and self.server_steps:
-            return {"server_loss": server_sgd(sim, self.server_steps, self.server_lr, self.batch_size, seed, t)}
+            return {"server_loss": server_sgd(sim, self, seed, t)}
         return {}
 
 
-def server_sgd(sim: Simulation, steps: int, lr: float, batch_size: int, seed: int, t: int) -> float:
-    """SGD on the server's data, identical on every process (same generator), so no reduction is needed."""
-    sim.model.train()
-    total = 0.0
-    draws = generator(seed, "server", t)
-    for batch in iterate_batches(sim.data.server, batch_size, draws, steps=steps):
-        x, y = sim.batch(batch, draws)
-        sim.flat.zero_grad_()
-        loss = sim.loss(x, y)
-        loss.backward()
-        sim.flat.sgd_step_(lr)
-        total += float(loss.detach())
-    return total / steps
+def server_sgd(sim: Simulation, method: Method, seed: int, t: int) -> float:
+    """``method.server_steps`` SGD iterations on the server's data at ``server_lr``, with the method's optimiser
+    settings (fresh state each round). Identical on every process (same generator), so no reduction is needed."""
+    return sim.train(
+        sim.data.server,
+        lr=method.server_lr,
+        batch_size=method.batch_size,
+        generator=generator(seed, "server", t),
+        steps=method.server_steps,
+        sgd=method.sgd,
+    )

@@ -60,6 +60,8 @@ class CoPreFL(Method):
             raise ConfigError(f"method.reduction must be one of {REDUCTIONS}, got {self.reduction!r}.")
         if self.meta_lr <= 0:
             raise ConfigError(f"method.meta_lr must be positive, got {self.meta_lr}.")
+        if self.second_order and not self.sgd.is_plain:
+            raise ConfigError("method.second_order replays plain SGD; set momentum and weight_decay to 0 or drop it.")
 
     @property
     def server_queries(self) -> bool:

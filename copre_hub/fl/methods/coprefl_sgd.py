@@ -33,5 +33,5 @@ class CoPreFLSGD(CoPreFL):
 
     def server_update(self, sim: Simulation, seed: int, t: int, participants: list[int]) -> dict:
         metrics = super().server_update(sim, seed, t, participants)
-        metrics["server_loss"] = server_sgd(sim, self.server_steps, self.server_lr, self.batch_size, seed, t)
+        metrics["server_loss"] = server_sgd(sim, self, seed, t)
         return metrics
