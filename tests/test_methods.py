@@ -64,29 +64,29 @@ def test_qffl_weighs_high_loss_clients_more() -> None:
     assert not torch.allclose(fair, plain)
 
 
-def test_fedmeta_one_client_by_hand() -> None:
-    data = tiny_federation(num_clients=1)
-    method = create_method("fedmeta", rounds=1, participants=1, local_epochs=1, batch_size=8, lr=0.1, meta_lr=0.05)
+def test_fedmeta_round_by_hand() -> None:
+    """Chen et al.'s round, first order: each participant adapts on its support set from the round's start and
+    sends the query gradient at its adapted weights; the server averages them (query-size weights) and steps."""
+    data = tiny_federation()
+    method = create_method("fedmeta", rounds=1, participants=3, local_epochs=2, batch_size=8, lr=0.1, meta_lr=0.05)
     model = tiny_model()
     method.fit(model, data, seed=SEED)
-    support, query = method.split(data.clients[0], SEED, 0, 0)
-    reference = tiny_model()
-    draws, query_draws = generator(SEED, "batches", 0, 0), generator(SEED, "query", 0, 0)
-    queries = iterate_batches(query, 8, query_draws, steps=100)
-    for batch in iterate_batches(support, 8, draws, epochs=1):
-        theta = [p.detach().clone() for p in reference.parameters()]
-        loss = F.cross_entropy(reference(data.images[batch]), data.labels[batch])
-        grads = torch.autograd.grad(loss, list(reference.parameters()))
-        with torch.no_grad():
-            for p, g in zip(reference.parameters(), grads, strict=True):
-                p -= 0.1 * g  # inner step
-        q = next(queries)
-        loss = F.cross_entropy(reference(data.images[q]), data.labels[q])
-        grads = torch.autograd.grad(loss, list(reference.parameters()))
-        with torch.no_grad():
-            for p, t, g in zip(reference.parameters(), theta, grads, strict=True):
-                p.copy_(t - 0.05 * g)  # outer step from the pre-adaptation weights
-    torch.testing.assert_close(flat(model), flat(reference), rtol=1e-5, atol=1e-6)
+
+    start = flat(tiny_model())
+    meta_grad, total = torch.zeros_like(start), 0
+    for c in method.sample(data, SEED, 0):
+        support, query = method.split(data.clients[c], SEED, 0, c)
+        adapted = tiny_model()
+        opt = torch.optim.SGD(adapted.parameters(), lr=0.1)
+        for batch in iterate_batches(support, 8, generator(SEED, "batches", 0, c), epochs=2):
+            opt.zero_grad()
+            F.cross_entropy(adapted(data.images[batch]), data.labels[batch]).backward()
+            opt.step()
+        loss = F.cross_entropy(adapted(data.images[query]), data.labels[query])
+        grads = torch.autograd.grad(loss, list(adapted.parameters()))
+        meta_grad += query.numel() * torch.cat([g.flatten() for g in grads])
+        total += query.numel()
+    torch.testing.assert_close(flat(model), start - 0.05 * meta_grad / total, rtol=1e-5, atol=1e-6)
 
 
 def test_scenario_two_refines_on_server_data() -> None:

@@ -1,55 +1,67 @@
-"""FedMeta (Chen et al. 2018), first-order MAML inside each client, FedAvg across clients.
+"""FedMeta (Chen et al. 2018, arXiv 1802.07876) with first-order MAML: clients send meta-gradients, the server steps.
 
-The paper gives no FedMeta learning rates or step counts. Ours gives it the same budget as the other baselines:
-E epochs of episodes over the client's support set, each episode a support mini-batch and a query mini-batch:
+Each round, from the round's start θ, every participant j adapts on its support set and returns the gradient of its
+query loss at the adapted weights:
 
-    θ' = θ − lr · ∇L_S(θ)          inner step on the support batch
-    θ  = θ − meta_lr · ∇L_Q(θ')    outer step with the query gradient taken at θ' (first-order MAML)
+    θ'_j = θ − lr · (local SGD on S_j)     the inner step(s): the method's local schedule (E epochs or local_steps)
+    g_j  = ∇L_{Q_j}(θ'_j)                  first order: the gradient is taken at θ'_j, not pulled back to θ
 
-The server averages the clients' θ weighted by support size (plus Scenario II's server SGD when scenario = 2).
+and the server takes the outer step with the average meta-gradient, weighted by query-set size:
+
+    θ ← θ − meta_lr · Σ_j (|Q_j| / Σ_i |Q_i|) g_j
+
+BatchNorm buffers, which have no gradient, are averaged over the adapted clients with the same weights.
+``local_steps = 1`` is Chen et al.'s single inner step; the default gives FedMeta the same local budget as the other
+baselines. Scenario II adds the server's SGD on its data after the outer step, as for every baseline.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
+from copre_hub.errors import ConfigError
+from copre_hub.fl.aggregate import Accumulator
 from copre_hub.fl.methods.base import ClientResult, Method
 from copre_hub.fl.seeding import generator
-from copre_hub.fl.simulation import Simulation, iterate_batches
+from copre_hub.fl.simulation import Simulation
 
 
 @dataclass(frozen=True, kw_only=True)
 class FedMeta(Method):
-    """Federated first-order MAML. ``lr`` is the inner step, ``meta_lr`` the outer step."""
+    """Federated first-order MAML. ``lr`` (and the optimiser settings) drive the inner steps, ``meta_lr`` the
+    server's outer step."""
 
     name = "fedmeta"
 
     meta_lr: float = 1e-3
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.meta_lr <= 0:
+            raise ConfigError(f"method.meta_lr must be positive, got {self.meta_lr}.")
+
     @property
     def uses_query(self) -> bool:
         return True
 
+    def extra_sums(self, sim: Simulation) -> dict[str, int]:
+        return {"meta_grad": sim.flat.num_params}
+
     def train_client(self, sim: Simulation, seed: int, t: int, client: int) -> ClientResult:
+        """Adapt on the support set, then leave the query gradient at the adapted weights in ``sim.flat.grad``."""
         support, query = self.split(sim.data.clients[client], seed, t, client)
-        draws = generator(seed, "batches", t, client)
-        query_batches = iterate_batches(query, self.batch_size, generator(seed, "query", t, client), steps=sys.maxsize)
-        theta = sim.workspace("fedmeta-theta", sim.flat.num_params)
-        flat = sim.flat
-        sim.model.train()
-        total, count = 0.0, 0
-        amount = {"epochs": self.local_epochs} if self.local_steps is None else {"steps": self.local_steps}
-        for batch in iterate_batches(support, self.batch_size, draws, **amount):
-            theta.copy_(flat.params)
-            flat.zero_grad_()
-            support_loss = sim.loss(*sim.batch(batch, draws))
-            support_loss.backward()
-            flat.sgd_step_(self.lr)
-            flat.zero_grad_()
-            sim.loss(*sim.batch(next(query_batches), draws)).backward()
-            flat.params.copy_(theta)
-            flat.sgd_step_(self.meta_lr)
-            total += float(support_loss.detach())
-            count += 1
-        return ClientResult(weight=float(support.numel()), loss=total / max(count, 1))
+        loss = sim.train(support, generator=generator(seed, "batches", t, client), **self.local_schedule())
+        sim.loss_and_grad(query)
+        return ClientResult(weight=float(query.numel()), loss=loss)
+
+    def accumulate(self, sim: Simulation, acc: Accumulator, result: ClientResult) -> None:
+        super().accumulate(sim, acc, result)  # the adapted buffers (the parameters' part is replaced below)
+        acc.add_("meta_grad", sim.flat.grad, result.weight)
+
+    def aggregate(self, sim: Simulation, acc: Accumulator) -> None:
+        weight = acc.scalar("weight")
+        super().aggregate(sim, acc)
+        params = sim.flat.params
+        params.copy_(sim.start[: sim.flat.num_params]).sub_(
+            acc["meta_grad"].to(params.dtype), alpha=self.meta_lr / weight
+        )
