@@ -31,11 +31,15 @@ class ModelConfig:
         architecture: any name of ``timm.list_models()`` (including ``femnist_cnn`` and ``resnet18_cifar``).
         norm_layer: optional timm norm layer name (e.g. ``groupnorm``) replacing the default normalisation.
         model_args: further keyword arguments for ``timm.create_model`` (recorded in ``config.json``).
+        init: start from this checkpoint's weights instead of random ones: anything ``copre_hub.load`` takes (a
+            copre-hub id, a timm Hub id such as ``hf-hub:timm/resnet18.a1_in1k``, a folder). Its backbone is
+            kept and the head is fresh, sized to the pre-training classes; the card names it as ``base_model``.
     """
 
     architecture: str = "resnet18"
     norm_layer: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
 
     def timm_args(self) -> dict[str, Any]:
         """Keyword arguments for ``timm.create_model`` and ``config.json``'s ``model_args``."""

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from copre_hub import _io
-from copre_hub.errors import OutputError, ResumeError
+from copre_hub.errors import ConfigError, OutputError, ResumeError
 from copre_hub.fl.data import load_image_data
 from copre_hub.fl.distributed import Processes
 from copre_hub.fl.methods import Method
@@ -50,6 +50,37 @@ class Prepared:
     classes: tuple[tuple[int, ...], tuple[int, ...]]
     class_names: list[str]
     input_size: tuple[int, int, int]
+    init: dict[str, Any] | None = None
+
+
+def initial_model(
+    recipe: Recipe, num_classes: int, in_chans: int, img_size: int
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """The model a run starts from, and where its weights came from (None for random weights).
+
+    Random weights are drawn from ``(seed, "init")``; with ``model.init`` the checkpoint's backbone is loaded and
+    the head is fresh, drawn from the same seed, so a run is reproducible either way.
+
+    Raises:
+        ConfigError: ``model.init`` is of another architecture than ``model.architecture``.
+        ModelNotFoundError, CheckpointError, IntegrityError: ``model.init`` cannot be loaded (as ``copre_hub.load``).
+    """
+    torch.manual_seed(derive_seed(recipe.seed, "init"))
+    source = recipe.model.init
+    if source is None:
+        return create_model(recipe.model, num_classes=num_classes, in_chans=in_chans, img_size=img_size), None
+    import copre_hub
+    from copre_hub.hub.checkpoint import WEIGHTS_NAME, sha256_file, verify_checkpoint
+
+    folder = copre_hub.pull(source)
+    architecture = verify_checkpoint(folder)["architecture"]
+    if architecture != recipe.model.architecture:
+        raise ConfigError(
+            f"model.init {source!r} is a {architecture}, but model.architecture is {recipe.model.architecture!r}; "
+            f"set model.architecture = {architecture!r}."
+        )
+    model = copre_hub.load(folder, num_classes=num_classes)
+    return model, {"id": source, "sha256": sha256_file(folder / WEIGHTS_NAME)}
 
 
 def prepare(recipe: Recipe) -> Prepared:
@@ -59,14 +90,14 @@ def prepare(recipe: Recipe) -> Prepared:
     pretrain_classes, downstream_classes = class_split(images, recipe.data, recipe.seed)
     fed = build_federation(images, pretrain_classes, recipe.partition, recipe.seed)
     method.validate(fed)
-    torch.manual_seed(derive_seed(recipe.seed, "init"))
     channels, height, _ = images.input_size
-    model = create_model(recipe.model, num_classes=len(pretrain_classes), in_chans=channels, img_size=height)
+    model, init = initial_model(recipe, num_classes=len(pretrain_classes), in_chans=channels, img_size=height)
     return Prepared(
         recipe=recipe,
         method=method,
         data=fed,
         model=model,
+        init=init,
         classes=(pretrain_classes, downstream_classes),
         class_names=[images.class_names[c] for c in pretrain_classes],
         input_size=images.input_size,
@@ -209,6 +240,7 @@ def run_record(prepared: Prepared, processes: Processes) -> dict[str, Any]:
         "model": {
             "architecture": recipe.model.architecture,
             "parameters": sum(p.numel() for p in prepared.model.parameters()),
+            "init": prepared.init,
         },
         "processes": {"world_size": processes.world_size, "device": str(processes.device)},
         "versions": software_versions(),
@@ -234,6 +266,7 @@ def save_run_checkpoint(prepared: Prepared, sim: Simulation, folder: Path, recor
         "partition": dataclasses.asdict(recipe.partition),
         "versions": record["versions"],
         "final_metrics": record["rounds"][-1] if record["rounds"] else {},
+        "init": prepared.init,
     }
     return save_checkpoint(
         sim.model,

@@ -91,6 +91,7 @@ def build_model_card(
         datasets=datasets or None,
         model_name=model_id if results else None,
         eval_results=results or None,
+        base_model=base_model(meta.get("init")),
     )
     rounds = record.get("rounds") or ([meta["final_metrics"]] if meta.get("final_metrics") else [])
     facts = {**meta, **{key: value for key, value in record.items() if key != "rounds"}}
@@ -137,9 +138,39 @@ def _pretraining_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         ("Partitioner", {key: partition[key] for key in ("scheme", "alpha", "server_fraction") if key in partition}),
         ("Clients", partition.get("num_clients")),
         ("Rounds", (facts.get("hyperparameters") or {}).get("rounds")),
+        ("Local optimizer", _optimizer(facts.get("hyperparameters") or {})),
+        ("Starting weights", _starting_weights(facts["init"]) if "init" in facts else None),
         ("Seed", facts.get("seed")),
     ]
     return [(label, _cell(value)) for label, value in rows if value not in (None, "", [], {})]
+
+
+def _optimizer(hyperparameters: dict[str, Any]) -> str | None:
+    """The clients' SGD settings in one phrase, e.g. ``SGD lr 0.01, momentum 0.9`` (fresh state every round)."""
+    if "lr" not in hyperparameters:
+        return None
+    extras = [
+        f"{key.replace('_', ' ')} {hyperparameters[key]:g}"
+        for key in ("momentum", "weight_decay")
+        if hyperparameters.get(key)
+    ]
+    extras += ["Nesterov"] if hyperparameters.get("nesterov") else []
+    return ", ".join([f"SGD lr {hyperparameters['lr']:g}", *extras])
+
+
+def _starting_weights(init: dict[str, Any] | None) -> str:
+    """Where pre-training started: ``model.init`` (with its sha256) or seeded random weights."""
+    if not init:
+        return "random (seeded)"
+    return f"{init['id']} (sha256 {str(init.get('sha256'))[:12]}...)"
+
+
+def base_model(init: dict[str, Any] | None) -> str | None:
+    """The card's ``base_model``: ``model.init`` when it names a Hub repository (not a local folder)."""
+    source = str((init or {}).get("id") or "").removeprefix("hf-hub:").split("@")[0]
+    if not source or source.startswith((".", "/", "~", "local-dir:")) or source.count("/") > 1 or Path(source).exists():
+        return None
+    return source if "/" in source else f"{_env.default_org()}/{source}"
 
 
 def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:
