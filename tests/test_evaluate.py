@@ -115,6 +115,19 @@ def test_cache_folder_resumes_an_interrupted_comparison(checkpoint, tmp_path, mo
     assert len(calls) == 7 and len(list(tmp_path.glob("*.json"))) == 3  # other tasks: run again
 
 
+def test_cache_reuses_the_first_tasks_when_more_are_asked_for(checkpoint, tmp_path, monkeypatch) -> None:
+    import copre_hub.fl.evaluate as evaluation
+
+    real, calls = evaluation.run_task, []
+    monkeypatch.setattr(evaluation, "run_task", lambda *a, **k: calls.append(1) or real(*a, **k))
+    one = evaluate(["random"], {**SETTINGS, "tasks": 1}, architecture="test_resnet", cache_dir=tmp_path)
+    two = evaluate(["random"], SETTINGS, architecture="test_resnet", cache_dir=tmp_path)
+    assert len(calls) == 2  # task 0 once, then only task 1
+    assert entry(two, "random")["tasks"][0] == entry(one, "random")["tasks"][0]
+    evaluate(["random"], {**SETTINGS, "tasks": 1}, architecture="test_resnet", cache_dir=tmp_path)
+    assert len(calls) == 2 and len(list(tmp_path.glob("*.json"))) == 1
+
+
 def test_table_json_and_plot(report, tmp_path) -> None:
     table = format_table(report).splitlines()
     assert table[0] == "| initialization | Acc | Var | L10 | L20 | L30 |" and len(table) == 5

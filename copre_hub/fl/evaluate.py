@@ -289,7 +289,8 @@ def evaluate(
     Args:
         sources: checkpoint folders, Hub ids or ``"random"``, compared in this order.
         cfg: the downstream protocol, or settings over the paper's protocol for the dataset
-            (:meth:`DownstreamConfig.for_dataset`, e.g. ``{"tasks": 3}``); default: the paper's protocol.
+            (:meth:`DownstreamConfig.for_dataset`, e.g. ``{"tasks": 3}``, or ``{"protocol": "calibrated"}`` for a
+            named reading); default: the paper's protocol as its text reads (``literal``).
         data: the dataset; default: the one the first checkpoint was pre-trained on, else CIFAR-100.
         architecture: timm name for ``"random"``; default: the first checkpoint's architecture.
         labels: names in the report, one per source; default: each checkpoint's model id, ``random``.
@@ -371,33 +372,49 @@ def evaluate(
 
 
 class TaskCache:
-    """Finished downstream tasks of each initialization under one setting, so a long comparison can resume.
+    """Finished downstream tasks of each initialization under one protocol and dataset, so a comparison resumes.
 
-    One JSON file per initialization, rewritten after each task. Results are reused only for the same protocol,
-    data and tasks (``setting``) and the same weights: the checkpoint's recorded sha256, or for ``"random"`` its
-    architecture (its weights are drawn from the protocol's seed). A checkpoint without a recorded sha256 (a plain
-    timm export) is never cached.
+    One JSON file per initialization, rewritten after each task. A result is reused only under the same protocol
+    (apart from the number of tasks) and data, for the same drawn task (index, classes, client sizes) and the same
+    weights: the checkpoint's recorded sha256, or for ``"random"`` its architecture (its weights are drawn from the
+    protocol's seed). Task ``i`` is drawn from ``(seed, i)`` alone, so the first tasks of a longer comparison are
+    those of a shorter one and are reused. A checkpoint without a recorded sha256 (a plain timm export) is never
+    cached.
     """
 
     def __init__(self, folder: Path, setting: dict[str, Any]) -> None:
         self.folder = folder
-        self.setting = _digest(setting)
+        protocol = {key: value for key, value in setting["protocol"].items() if key != "tasks"}
+        self.setting = _digest({"protocol": protocol, "data": setting["data"]})
+        self.specs = {spec["index"]: spec for spec in setting["tasks"]}
 
     def finished(self, init: Initialization) -> list[dict[str, Any]]:
-        """The task results of ``init`` saved under this setting (empty when none or unreadable)."""
+        """The task results of ``init`` saved for tasks of this setting (empty when none or unreadable)."""
         path = self._path(init)
         if path is None or not path.is_file():
             return []
         try:
-            return list(json.loads(path.read_text())["tasks"])
+            saved = json.loads(path.read_text())
+            specs = {spec["index"]: spec for spec in saved["task_specs"]}
+            return [r for r in saved["tasks"] if self.specs.get(r["index"]) == specs.get(r["index"])]
         except (OSError, ValueError, KeyError, TypeError):
             return []  # unreadable: run the tasks again and overwrite it
 
     def save(self, init: Initialization, tasks: list[dict[str, Any]]) -> None:
-        """Save (atomically) the task results of ``init``, when it has an identity to key them by."""
+        """Save (atomically) the task results of ``init``, with those of other tasks saved before, when it has an
+        identity to key them by."""
         path = self._path(init)
-        if path is not None:
-            _io.atomic_write_json(path, {"source": init.source, "tasks": tasks})
+        if path is None:
+            return
+        try:
+            saved = json.loads(path.read_text()) if path.is_file() else {"tasks": [], "task_specs": []}
+            kept = {r["index"]: (r, s) for r, s in zip(saved["tasks"], saved["task_specs"], strict=True)}
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = {}
+        kept.update({r["index"]: (r, self.specs[r["index"]]) for r in tasks})
+        ordered = [kept[index] for index in sorted(kept)]
+        results, specs = [r for r, _ in ordered], [spec for _, spec in ordered]
+        _io.atomic_write_json(path, {"source": init.source, "tasks": results, "task_specs": specs})
 
     def _path(self, init: Initialization) -> Path | None:
         if init.is_random:
