@@ -57,7 +57,8 @@ class Scale:
     dataset). ``scenario2``: also Table 1b's hybrid initializations. Downstream:
     ``tasks`` X and ``downstream_rounds`` R (the rest is the paper's: 5 classes, 10 clients, Dir(0.5), 5 local
     steps, batch 32, lr 1e-3). ``architecture`` and ``pretrain_classes`` replace the recipe's (smoke only: a tiny
-    model, a few pre-training classes).
+    model, a few pre-training classes). ``qffl_qs``: q-FFL's sweep (the paper tries q in {1, 3, 5} and reports the
+    best); empty: the recipe's q only.
     """
 
     clients: int
@@ -71,13 +72,14 @@ class Scale:
     downstream_rounds: int
     architecture: str | None = None
     pretrain_classes: tuple[int, ...] | None = None
+    qffl_qs: tuple[float, ...] = ()
 
 
 ALL_GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SCALES: dict[tuple[str, str], Scale] = {
     # The paper (sections 2.3, 2.5, 2.6); meant for a GPU.
-    ("paper", "cifar100"): Scale(100, 20, 50, 5, 50, ALL_GAMMAS, True, 10, 50),
-    ("paper", "femnist"): Scale(100, 20, 50, 5, 50, ALL_GAMMAS, True, 10, 10),
+    ("paper", "cifar100"): Scale(100, 20, 50, 5, 50, ALL_GAMMAS, True, 10, 50, qffl_qs=(1.0, 3.0, 5.0)),
+    ("paper", "femnist"): Scale(100, 20, 50, 5, 50, ALL_GAMMAS, True, 10, 10, qffl_qs=(1.0, 3.0, 5.0)),
     # About 40 minutes on 2 free CPU cores, about an hour on one (the budget is in the module docstring).
     ("cpu", "cifar100"): Scale(100, 10, 10, 1, 1, (0.0, 0.5, 0.75, 1.0), False, 3, 10),
     ("cpu", "femnist"): Scale(100, 20, 30, 5, 30, (0.0, 0.5, 1.0), True, 10, 10),
@@ -148,44 +150,62 @@ DISPLAY = {
 
 @dataclass(frozen=True)
 class Run:
-    """One initialization to compare: its label, method and scenario, gamma for CoPreFL, and its recipe."""
+    """One initialization to compare: its label, method and scenario, gamma for CoPreFL, q for q-FFL, its recipe."""
 
     label: str
     method: str
     scenario: int
     gamma: float | None
     recipe: Any  # copre_hub.fl.recipe.Recipe; None for Random
+    q: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
 
 
-def plan(scale: Scale, dataset: str, seed: int) -> list[Run]:
-    """Every initialization this scale compares, with its recipe."""
+def plan(scale: Scale, dataset: str, seed: int, overrides: tuple[str, ...] = ()) -> list[Run]:
+    """Every initialization this scale compares, with its recipe (``overrides``, ``KEY=VALUE``, go on top)."""
     info = DATASETS[dataset]
     gammas = sorted({*scale.gammas, info["gamma"]})
+
+    def run(method: str, scenario: int, gamma: float | None = None, q: float | None = None) -> Run:
+        label = method + ("-hybrid" if scenario == 2 else "") + (f"-g{gamma}" if gamma is not None else "")
+        label += f"-q{q:g}" if q is not None else ""
+        recipe = build_recipe(label, method, scenario, gamma, scale, dataset, seed, q=q, overrides=overrides)
+        return Run(label, method, scenario, gamma, recipe, q)
+
+    def qffl(scenario: int) -> list[Run]:
+        return [run("qffl", scenario, q=q) for q in scale.qffl_qs] or [run("qffl", scenario)]
+
     runs = [Run("random", "random", 1, None, None)]
-    runs += [_run(m, 1, None, scale, dataset, seed) for m in ("centralized", "fedavg", "fedmeta", "qffl")]
-    runs += [_run("coprefl", 1, g, scale, dataset, seed) for g in gammas]
+    runs += [run(m, 1) for m in ("centralized", "fedavg", "fedmeta")] + qffl(1)
+    runs += [run("coprefl", 1, g) for g in gammas]
     if scale.scenario2:
-        runs += [_run(m, 2, None, scale, dataset, seed) for m in ("fedavg", "fedmeta", "qffl")]
-        runs += [_run(m, 2, info["gamma_hybrid"], scale, dataset, seed) for m in ("coprefl-sgd", "coprefl")]
+        runs += [run(m, 2) for m in ("fedavg", "fedmeta")] + qffl(2)
+        runs += [run(m, 2, info["gamma_hybrid"]) for m in ("coprefl-sgd", "coprefl")]
     return runs
 
 
-def _run(method: str, scenario: int, gamma: float | None, scale: Scale, dataset: str, seed: int) -> Run:
-    label = method + ("-hybrid" if scenario == 2 else "") + (f"-g{gamma}" if gamma is not None else "")
-    return Run(label, method, scenario, gamma, build_recipe(label, method, scenario, gamma, scale, dataset, seed))
-
-
-def build_recipe(label: str, method: str, scenario: int, gamma: float | None, scale: Scale, dataset: str, seed: int):
-    """The method's [method] table, the dataset's data/partition/model tables, then the scale's overrides."""
+def build_recipe(
+    label: str,
+    method: str,
+    scenario: int,
+    gamma: float | None,
+    scale: Scale,
+    dataset: str,
+    seed: int,
+    q: float | None = None,
+    overrides: tuple[str, ...] = (),
+):
+    """The method's [method] table, the dataset's data/partition/model tables, the scale's overrides, then
+    ``overrides``: ``KEY=VALUE`` for every run, or ``METHOD:KEY=VALUE`` (a method or a label) for some, e.g. the
+    selected ``coprefl:method.meta_lr=0.01``."""
     from copre_hub.fl.recipe import apply_override, recipe_from_dict
 
     raw = tomllib.loads((RECIPES / DATASETS[dataset]["base"]).read_text())
     raw["method"] = tomllib.loads((RECIPES / METHOD_RECIPES[(method, scenario)]).read_text())["method"]
     centralized = method == "centralized"
-    overrides = {
+    settings = {
         "name": f'"{label}-{dataset}"',
         "seed": seed,
         "partition.num_clients": scale.clients,
@@ -194,11 +214,14 @@ def build_recipe(label: str, method: str, scenario: int, gamma: float | None, sc
         **({} if centralized else {"method.participants": scale.participants}),
         **({} if centralized else {"method.local_epochs": scale.local_epochs}),
         **({"method.gamma": gamma} if gamma is not None else {}),
+        **({"method.q": q} if q is not None else {}),
         **({"model.architecture": f'"{scale.architecture}"'} if scale.architecture else {}),
         **({"data.pretrain_classes": list(scale.pretrain_classes)} if scale.pretrain_classes else {}),
     }
-    for key, value in overrides.items():
-        apply_override(raw, f"{key}={value}")
+    for override in [f"{key}={value}" for key, value in settings.items()] + list(overrides):
+        target, _, setting = override.rpartition(":") if ":" in override.split("=")[0] else ("", "", override)
+        if target in ("", method, label):
+            apply_override(raw, setting)
     return recipe_from_dict(raw)
 
 
@@ -262,7 +285,11 @@ def evaluate_one(run: Run, checkpoint: Path | None, protocol, data, architecture
 def paper_tables(runs: list[Run], report: dict, dataset: str) -> list[dict]:
     """Our numbers beside the paper's: each table a title, a note, a header and rows of cells."""
     ours = {entry["label"]: entry["summary"] for entry in report["initializations"]}
-    label = {(r.method, r.scenario, r.gamma): r.label for r in runs}
+    label: dict[tuple[str, int, float | None], str] = {}
+    for r in runs:  # of a sweep (q-FFL's q), the best mean accuracy stands for the method, as in the paper
+        key = (r.method, r.scenario, r.gamma)
+        if key not in label or ours[r.label][ACC] > ours[label[key]][ACC]:
+            label[key] = r.label
     gamma, gamma_hybrid = DATASETS[dataset]["gamma"], DATASETS[dataset]["gamma_hybrid"]
     paper = "CIFAR-100" + ("" if dataset == "cifar100" else " (FEMNIST's Tables 43-46 are not in our reference notes)")
     four = (ACC, VAR, L10, L20)
@@ -318,12 +345,12 @@ def paper_tables(runs: list[Run], report: dict, dataset: str) -> list[dict]:
 
 
 def paired_table(report: dict, reference: str = "fedavg") -> dict:
-    """Each initialization minus ``reference`` task by task (they faced the same tasks).
+    """Each initialization minus ``reference`` task by task (they faced the same tasks), with 95% intervals.
 
     A per-task difference is free of how hard each task is, which the ± over tasks of the other tables is not; with
     few tasks it is the fair way to read an ordering.
     """
-    from copre_hub.fl.metrics import METRICS, summarize
+    from copre_hub.fl.metrics import paired_difference
 
     entries = {entry["label"]: entry for entry in report["initializations"]}
     base = entries[reference]["tasks"]
@@ -331,16 +358,15 @@ def paired_table(report: dict, reference: str = "fedavg") -> dict:
     for label, entry in entries.items():
         if label == reference:
             continue
-        pairs = list(zip(entry["tasks"], base, strict=True))
-        diff = summarize([{m: ours[m] - theirs[m] for m in METRICS} for ours, theirs in pairs])
-        higher = sum(ours[ACC] > theirs[ACC] for ours, theirs in pairs)
-        lower_var = sum(ours[VAR] < theirs[VAR] for ours, theirs in pairs)
-        cells = [f"{diff[m]:+.2f} ± {diff[m + '_std']:.2f}" for m in (ACC, VAR, L10)]
-        rows.append([label, *cells, f"{higher}/{len(pairs)}", f"{lower_var}/{len(pairs)}"])
+        diffs = {m: paired_difference([t[m] for t in entry["tasks"]], [t[m] for t in base]) for m in (ACC, VAR, L10)}
+        n = diffs[ACC]["tasks"]
+        lower_var = sum(ours[VAR] < theirs[VAR] for ours, theirs in zip(entry["tasks"], base, strict=True))
+        cells = [f"{d['mean']:+.2f} ± {d['ci95']:.2f}" for d in diffs.values()]
+        rows.append([label, *cells, f"{diffs[ACC]['higher']}/{n}", f"{lower_var}/{n}"])
     return {
         "title": f"Paired: each initialization minus {reference}, task by task",
-        "note": "mean ± std over tasks of the per-task difference; then the tasks where it has the higher accuracy "
-        "and the lower variance",
+        "note": "mean over tasks of the per-task difference ± the half-width of its 95% t interval; then the tasks "
+        "where it has the higher accuracy and the lower variance",
         "header": ["pre-training", "ΔAcc", "ΔVar", "ΔL10", "higher Acc", "lower Var"],
         "rows": rows,
     }
@@ -391,43 +417,59 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     scale = SCALES[(args.scale, args.dataset)]
+    name = f"reproduce-{args.scale}-{args.dataset}" + ("" if args.protocol == "literal" else f"-{args.protocol}")
     work = args.work_dir or REPO / "runs" / f"reproduce-{args.scale}-{args.dataset}"
-    runs = plan(scale, args.dataset, args.seed)
-    checkpoints = pretrain_all(runs, work, progress=not args.quiet)
-    first = next(r.recipe for r in runs if r.recipe)
     protocol = DownstreamConfig.for_dataset(
-        args.dataset, tasks=scale.tasks, rounds=scale.downstream_rounds, seed=args.seed
+        args.dataset, args.protocol, tasks=scale.tasks, rounds=scale.downstream_rounds, seed=args.task_seed
     )
-    report = evaluate_all(runs, checkpoints, protocol, first.data, first.model.architecture, work, not args.quiet)
-    initializations = {}
-    for run, entry in zip(runs, report["initializations"], strict=True):
-        record = _pretrain_record(checkpoints.get(run.label))
-        initializations[run.label] = {
-            "method": run.method,
-            "scenario": run.scenario,
-            "gamma": run.gamma,
-            "recipe": run.recipe.to_dict() if run.recipe else None,
-            "checkpoint": str(checkpoints[run.label]) if run.recipe else None,
-            "pretrain_seconds": record["seconds"],
-            "final_train_loss": record["final_train_loss"],
-            "evaluate_seconds": entry["seconds"],
-            "summary": entry["summary"],
-        }
+    reports, initializations = [], {}
+    for seed in args.seeds:
+        runs = plan(scale, args.dataset, seed, tuple(args.pretrain_set))
+        checkpoints = pretrain_all(runs, work / f"seed-{seed}", progress=not args.quiet)
+        first = next(r.recipe for r in runs if r.recipe)
+        data, architecture = first.data, first.model.architecture
+        reports.append(evaluate_all(runs, checkpoints, protocol, data, architecture, work, not args.quiet))
+        for run, entry in zip(runs, reports[-1]["initializations"], strict=True):
+            record = _pretrain_record(checkpoints.get(run.label))
+            initializations.setdefault(run.label, {"method": run.method, "scenario": run.scenario, "seeds": {}})
+            initializations[run.label].update(gamma=run.gamma, q=run.q)
+            initializations[run.label]["seeds"][str(seed)] = {
+                "recipe": run.recipe.to_dict() if run.recipe else None,
+                "checkpoint": str(checkpoints[run.label]) if run.recipe else None,
+                "pretrain_seconds": record["seconds"],
+                "final_train_loss": record["final_train_loss"],
+                "evaluate_seconds": entry["seconds"],
+                "summary": entry["summary"],
+            }
+    report = combine_seeds(reports)
+    for entry in report["initializations"]:
+        seeds = initializations[entry["label"]]["seeds"].values()
+        losses = [s["final_train_loss"] for s in seeds if s["final_train_loss"] is not None]
+        initializations[entry["label"]].update(
+            summary=entry["summary"],
+            pretrain_seconds=sum(s["pretrain_seconds"] for s in seeds),
+            evaluate_seconds=sum(s["evaluate_seconds"] for s in seeds),
+            final_train_loss=sum(losses) / len(losses) if losses else None,
+        )
     tables = [
         *paper_tables(runs, report, args.dataset),
         paired_table(report),
+        *([paired_table(report, "centralized")] if args.scale == "paper" else []),
         pretraining_table(initializations, len(report["data"]["pretrain_classes"])),
     ]
-    name = f"reproduce-{args.scale}-{args.dataset}"
     header = (
-        f"## {name}\n\nScale {args.scale}: {dataclasses.asdict(scale)}\n\nDownstream protocol: "
-        f"{dataclasses.asdict(protocol)}"
+        f"## {name}\n\nScale {args.scale}: {dataclasses.asdict(scale)}\n\nPre-training seeds: {args.seeds} "
+        f"(each initialization's per-task metrics are averaged over them); overrides: {args.pretrain_set or 'none'}"
+        f"\n\nDownstream protocol ({args.protocol}): {dataclasses.asdict(protocol)}"
     )
     text = markdown(tables, header)
     results = {
         "scale": args.scale,
         "dataset": args.dataset,
-        "seed": args.seed,
+        "seeds": args.seeds,
+        "task_seed": args.task_seed,
+        "pretrain_overrides": args.pretrain_set,
+        "protocol_name": args.protocol,
         "settings": dataclasses.asdict(scale),
         "protocol": dataclasses.asdict(protocol),
         "initializations": initializations,
@@ -443,12 +485,40 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    _io.atomic_write_json(args.results_dir / f"{name}.json", results)
+    _io.atomic_write_json(args.results_dir / f"{name}.json", results)  # per-seed reports: work/evaluate
     _io.atomic_write_text(args.results_dir / f"{name}.md", text)
     plot_client_accuracies(report, args.results_dir / f"{name}.png")
     print(text)
     print(f"wrote {args.results_dir / name}.{{json,md,png}} in {results['seconds']['this_invocation']:.0f} s")
     return 0
+
+
+def combine_seeds(reports: list[dict]) -> dict:
+    """One report whose entries hold, per task, each metric averaged over the pre-training seeds.
+
+    The seeds' reports share the tasks (one task seed), so the same task's clients line up and their accuracies
+    are averaged too. With one seed the report is returned as it is.
+    """
+    from copre_hub.fl.metrics import METRICS, summarize
+
+    if len(reports) == 1:
+        return reports[0]
+    entries = []
+    for group in zip(*(r["initializations"] for r in reports), strict=True):
+        tasks = []
+        for same_task in zip(*(e["tasks"] for e in group), strict=True):
+            tasks.append(
+                {
+                    "index": same_task[0]["index"],
+                    "client_accuracies": [
+                        sum(c) / len(c) for c in zip(*(t["client_accuracies"] for t in same_task), strict=True)
+                    ],
+                    **{m: sum(t[m] for t in same_task) / len(same_task) for m in METRICS},
+                    "seconds": sum(t["seconds"] for t in same_task),
+                }
+            )
+        entries.append({**group[0], "tasks": tasks, "summary": summarize(tasks), "seeds": len(group)})
+    return {**reports[0], "initializations": entries}
 
 
 def _pretrain_record(checkpoint: Path | None) -> dict:
@@ -485,7 +555,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted({s for s, _ in SCALES}), default="cpu")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar100")
-    parser.add_argument("--seed", type=int, default=0, help="pre-training and downstream seed")
+    from copre_hub.fl.protocols import PROTOCOLS
+
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="pre-training seeds (default 0)")
+    parser.add_argument("--task-seed", type=int, default=0, help="seed of the downstream tasks (default 0)")
+    parser.add_argument(
+        "--protocol", choices=list(PROTOCOLS), default="literal", help="reading of the downstream protocol"
+    )
+    parser.add_argument(
+        "--pretrain-set",
+        action="append",
+        default=[],
+        metavar="[METHOD:]KEY=VALUE",
+        help="a recipe override for every pre-training run, or for one method or label (repeatable)",
+    )
     parser.add_argument(
         "--work-dir",
         type=Path,

@@ -184,3 +184,21 @@ def test_calibrate_runs_readings_and_selects_by_the_fixed_rule(data_dir, tmp_pat
     ]
     assert calibrate.select(rows)["reading"] == "cheap-closer"
     assert calibrate.select(rows[:1]) is None
+
+
+def test_select_pretraining_tunes_every_method_on_validation_tasks(data_dir, tmp_path: Path) -> None:
+    select = importlib.import_module("select_pretraining")
+    assert len(select.candidates("coprefl", momentum=True)) == 4 * 2 * 2
+    assert len(select.candidates("fedavg", momentum=False)) == 4
+    args = ["--scale", "smoke", "--dataset", "cifar100", "--methods", "fedavg", "--tasks", "1", "--rounds", "1"]
+    args += ["--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path), "--data-dir", str(data_dir), "-q"]
+    assert select.main(args) == 0
+    payload = json.loads((tmp_path / "select-smoke-cifar100.json").read_text())
+    assert payload["protocol"]["seed"] == 1 and payload["rounds_reduced"]
+    assert [c["settings"]["lr"] for c in payload["candidates"]] == list(select.LRS)
+    best = max(payload["candidates"], key=lambda c: (c["validation_accuracy"], -c["settings"]["lr"]))
+    assert payload["selected"] == {"fedavg": best["label"]}
+    assert (tmp_path / "select-smoke-cifar100.args").read_text().split() == [
+        "--pretrain-set",
+        f"fedavg:method.lr={best['settings']['lr']}",
+    ]

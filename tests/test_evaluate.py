@@ -26,7 +26,7 @@ from copre_hub.fl.evaluate import (
     with_random_architecture,
     write_report,
 )
-from copre_hub.fl.metrics import summarize
+from copre_hub.fl.metrics import summarize, task_metrics
 
 SPLIT = {"dataset": "cifar100", "pretrain_classes": list(range(80)), "downstream_classes": list(range(80, 100))}
 SETTINGS = {"tasks": 2, "rounds": 1, "local_steps": 1, "batch_size": 16}
@@ -215,7 +215,12 @@ def test_every_benchmark_scale_builds_valid_recipes(scale: str, dataset: str) ->
     settings = bench.SCALES[(scale, dataset)]
     runs = bench.plan(settings, dataset, seed=0)
     labels = [run.label for run in runs]
-    assert labels[:5] == ["random", "centralized", "fedavg", "fedmeta", "qffl"] and len(set(labels)) == len(labels)
+    qffl = [f"qffl-q{q:g}" for q in settings.qffl_qs] or ["qffl"]
+    assert labels[: 4 + len(qffl)] == ["random", "centralized", "fedavg", "fedmeta", *qffl]
+    assert len(set(labels)) == len(labels)
+    assert [run.recipe.build_method().q for run in runs if run.method == "qffl"][: len(settings.qffl_qs)] == list(
+        settings.qffl_qs
+    )
     paper_gamma = f"coprefl-g{bench.DATASETS[dataset]['gamma']}"
     assert paper_gamma in labels and ("coprefl-hybrid-g" in " ".join(labels)) == settings.scenario2
     for run in runs[1:]:
@@ -225,6 +230,27 @@ def test_every_benchmark_scale_builds_valid_recipes(scale: str, dataset: str) ->
             assert (method.rounds, method.participants) == (settings.rounds, settings.participants)
     if scale != "smoke":  # the centralized baseline makes as many passes over the data as FedAvg
         assert settings.centralized_epochs == settings.rounds * settings.participants * settings.local_epochs // 100
+
+
+def test_overrides_reach_every_run_or_the_named_method() -> None:
+    bench = load_benchmark()
+    runs = bench.plan(
+        bench.SCALES[("smoke", "cifar100")], "cifar100", 0, ("method.momentum=0.9", "coprefl:method.lr=0.05")
+    )
+    methods = {run.label: run.recipe.build_method() for run in runs if run.recipe}
+    assert all(m.momentum == 0.9 for m in methods.values())
+    assert {label for label, m in methods.items() if m.lr == 0.05} == {"coprefl-g0.0", "coprefl-g0.75"}
+
+
+def test_seeds_are_averaged_task_by_task() -> None:
+    def report(accuracies: list[float]) -> dict:
+        tasks = [{"index": 0, "client_accuracies": accuracies, "seconds": 1.0, **task_metrics(accuracies)}]
+        return {"initializations": [{"label": "a", "tasks": tasks, "summary": {}}]}
+
+    combined = load_benchmark().combine_seeds([report([50.0, 70.0]), report([60.0, 60.0])])
+    task = combined["initializations"][0]["tasks"][0]
+    assert task["client_accuracies"] == [55.0, 65.0] and task["mean_accuracy"] == 60.0
+    assert task["variance"] == 50.0  # the mean of the seeds' variances (100 and 0)
 
 
 def test_paired_table_differences_task_by_task() -> None:
@@ -237,7 +263,8 @@ def test_paired_table_differences_task_by_task() -> None:
 
     report = {"initializations": [init("fedavg", [50, 70], [40, 60]), init("coprefl", [53, 71], [30, 70])]}
     table = load_benchmark().paired_table(report)
-    assert table["rows"] == [["coprefl", "+2.00 ± 1.00", "+0.00 ± 10.00", "+2.00 ± 1.00", "2/2", "1/2"]]
+    # differences 3 and 1 (sample std 1.414), -10 and 10: 95% t intervals with 1 degree of freedom (t = 12.706)
+    assert table["rows"] == [["coprefl", "+2.00 ± 12.71", "+0.00 ± 127.06", "+2.00 ± 12.71", "2/2", "1/2"]]
 
 
 @pytest.mark.slow

@@ -70,3 +70,15 @@ def test_summary_is_mean_and_population_std_over_tasks() -> None:
 def test_empty_or_invalid_inputs_raise(call) -> None:
     with pytest.raises(DataError):
         call()
+
+
+def test_paired_difference_is_a_t_interval_over_tasks() -> None:
+    from copre_hub.fl.metrics import paired_difference
+
+    result = paired_difference([3.0, 5.0, 7.0, 9.0], [1.0, 2.0, 3.0, 4.0])  # differences 2, 3, 4, 5
+    assert result["mean"] == 3.5 and result["higher"] == 4 and result["tasks"] == 4
+    sd = (sum((d - 3.5) ** 2 for d in (2, 3, 4, 5)) / 3) ** 0.5
+    assert result["ci95"] == pytest.approx(3.182 * sd / 2)
+    assert paired_difference([1.0], [0.0])["ci95"] == float("inf")
+    with pytest.raises(DataError, match="equally many tasks"):
+        paired_difference([1.0, 2.0], [1.0])
