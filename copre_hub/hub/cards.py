@@ -30,6 +30,9 @@ METHOD_NAMES = {
     "fedprox": "FedProx",
     "centralized": "centralized",
 }
+# Architectures that copre_hub.fl.models registers with timm: plain timm cannot build them, so their cards say so,
+# and no published id uses one (a test keeps this list and that module in step).
+REGISTERED_ARCHITECTURES = ("femnist_cnn", "resnet18_cifar")
 SCENARIOS = {"1": "Scenario I (pre-training data only on clients)", "2": "Scenario II (clients plus a server dataset)"}
 _HISTOGRAM_BINS = 10
 # Caps on a card's YAML metadata. The published cards have about 1 KiB, 200 nodes and 8 levels; a YAML alias chain
@@ -109,6 +112,7 @@ def build_model_card(
         repo_id=repo_id,
         summary=_summary(config, meta, dataset),
         architecture=config["architecture"],
+        registered_by_copre_hub=config["architecture"] in REGISTERED_ARCHITECTURES,
         num_classes=config.get("num_classes", "?"),
         input_size="x".join(str(size) for size in config.get("pretrained_cfg", {}).get("input_size", ())) or "?",
         method_name=_display("method", method) or "unknown method",
