@@ -396,7 +396,8 @@ def _fetch(ref: ModelRef, revision: str | None, cache_dir: Path | None = None) -
                 snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, endpoint=endpoint, token=token)
             )
         except (LocalEntryNotFoundError, httpx.TransportError, HfHubHTTPError) as error:
-            if isinstance(error, HfHubHTTPError) and error.response.status_code < 500:
+            status = getattr(getattr(error, "response", None), "status_code", None)
+            if status is not None and status < 500:
                 raise  # the endpoint answered: no such repository or revision, or no access
             with contextlib.suppress(LocalEntryNotFoundError):
                 folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))

@@ -99,7 +99,7 @@ class _Hub:
         except StoreError as error:
             return _error_response(error)
         except ClientDisconnect:
-            _logger.info("client went away during %s %s; nothing was committed", request.method, request.url.path)
+            _logger.debug("client went away during %s %s; nothing was committed", request.method, request.url.path)
             return Response(status_code=400)
 
     def _route(self, method: str, parts: list[str]) -> Callable[[Request], Awaitable[Response]]:
