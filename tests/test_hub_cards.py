@@ -155,8 +155,7 @@ def test_registered_architectures_are_the_ones_plain_timm_lacks_and_no_published
     published = sorted({model.architecture for model in PUBLISHED})
     cards = [card.read_text() for card in sorted((REPO / "model_cards").glob("*/README.md"))]
     script = (
-        "import sys, timm; names = sys.argv[1:]; "
-        "print(' '.join(name for name in names if not timm.is_model(name)))"
+        "import sys, timm; names = sys.argv[1:]; print(' '.join(name for name in names if not timm.is_model(name)))"
     )
     plain = subprocess.run(  # a fresh interpreter with timm only: copre_hub never imported
         [sys.executable, "-c", script, *published, *REGISTERED_ARCHITECTURES], capture_output=True, text=True

@@ -245,3 +245,16 @@ def test_requests_are_logged_at_info_and_debug(tmp_path: Path, level: str, acces
     server = build_server(tmp_path, tokens=[], log_level=level)
     assert server.config.access_log is access
     assert logging.getLogger("copre_hub.serve").getEffectiveLevel() == getattr(logging, level.upper())
+
+
+def test_streamed_content_may_escape_slashes_across_chunk_boundaries(api, hub_server, auth) -> None:
+    data = bytes(range(256)) * (12 << 12)  # 3 MiB: streamed, and its base64 holds many "/"
+    content = base64.b64encode(data).replace(b"/", b"\\/")  # JSON allows "\/" for "/"
+    line = b'{"key": "file", "value": {"path": "s.bin", "encoding": "base64", "content": "' + content + b'"}}\n'
+    body = json.dumps(HEADER).encode() + b"\n" + line
+    start = body.index(b'"content"')
+    cuts = sorted({body.index(b"\\", i) + 1 for i in range(start, len(body) - 100, 1 << 16)})
+    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]  # each ends on a backslash
+    response = httpx.post(f"{hub_server}/api/models/{REPO}/commit/main", content=iter(pieces), headers=auth)
+    assert response.status_code == 200, response.text
+    assert httpx.get(f"{hub_server}/{REPO}/resolve/main/s.bin").content == data
