@@ -198,19 +198,22 @@ def test_uploads_beyond_the_limit_get_503_and_the_abort_is_logged(tmp_path, hub_
         commit_url = f"{url}/api/models/{REPO}/commit/main"
         first = threading.Thread(target=_upload_then_give_up, args=(commit_url, auth, release))
         first.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            busy = httpx.post(commit_url, content=ndjson(HEADER), headers=auth)
-            if busy.status_code == 503:
-                break
-            time.sleep(0.05)
-        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
-        assert "uploads in progress" in busy.json()["error"]
+        busy = _post_until(commit_url, auth, 503)  # once the first upload has started
+        assert busy.headers["retry-after"] == "1" and "uploads in progress" in busy.json()["error"]
         release.set()
         first.join(30)
-        assert httpx.post(commit_url, content=ndjson(HEADER), headers=auth).status_code == 200
+        _post_until(commit_url, auth, 200)  # once the server has seen the first one go away
     aborted = [r.getMessage() for r in serve_log.records if "aborted" in r.getMessage()]
     assert any("upload to org/model@main aborted" in line and "nothing was committed" in line for line in aborted)
+
+
+def _post_until(url: str, headers: dict[str, str], status: int) -> httpx.Response:
+    """POST an empty commit every 50 ms until the answer has ``status`` (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while (response := httpx.post(url, content=ndjson(HEADER), headers=headers)).status_code != status:
+        assert time.monotonic() < deadline, f"still {response.status_code}: {response.text}"
+        time.sleep(0.05)
+    return response
 
 
 def _upload_then_give_up(url: str, headers: dict[str, str], release: threading.Event) -> None:
