@@ -108,6 +108,12 @@ MALFORMED = {
         json.dumps({"content": '---\nlicense: "\\udc80"\n---\n'}).encode(),
         "not valid Unicode",
     ),
+    "card-key-shadowing-a-parameter": (
+        "POST",
+        "/api/validate-yaml",
+        json.dumps({"content": "---\nignore_metadata_errors: 1\n---\n"}).encode(),
+        "cannot be read as a model card",
+    ),
     "latin1-body": ("POST", "/api/validate-yaml", '{"content": "é"}'.encode("latin-1"), "not JSON"),
     "nul-in-url-path": ("GET", f"/api/models/{REPO}/tree/main/a%00b", b"", "no folder"),
     "surrogate-in-url-path": ("GET", f"/api/models/{REPO}/tree/main/%ed%b2%80", b"", "not percent-encoded UTF-8"),

@@ -41,7 +41,7 @@ from copre_hub.errors import (
     OfflineModelNotCachedError,
     RevisionNotFoundError,
 )
-from copre_hub.hub.cards import parse_card_metadata
+from copre_hub.hub.cards import parse_card_data
 from copre_hub.hub.checkpoint import (
     CARD_NAME,
     CONFIG_NAME,
@@ -242,7 +242,7 @@ def push(
     card = folder / CARD_NAME
     if card.is_file():
         try:
-            parse_card_metadata(card.read_text(encoding="utf-8", errors="replace"))
+            parse_card_data(card.read_text(encoding="utf-8", errors="replace"))
         except CheckpointError as error:
             raise CheckpointError(f"{card}: {error}") from None
     endpoint = _env.endpoint()
@@ -346,16 +346,13 @@ def info(model_id: str | os.PathLike[str], revision: str | None = None) -> Check
 def _card_data(path: Path) -> ModelCardData | None:
     """The metadata of the model card at ``path``, parsed within caps; None without a card, or (with a warning)
     for metadata that breaks them."""
-    from huggingface_hub import ModelCardData
-
     if not path.is_file():
         return None
     try:
-        metadata = parse_card_metadata(path.read_text(encoding="utf-8", errors="replace"))
+        return parse_card_data(path.read_text(encoding="utf-8", errors="replace"))
     except CheckpointError as error:
         _logger.warning("%s: %s; its metadata is ignored.", path, error)
         return None
-    return ModelCardData(**metadata, ignore_metadata_errors=True)
 
 
 def _fetch(ref: ModelRef, revision: str | None, cache_dir: Path | None = None) -> Path:

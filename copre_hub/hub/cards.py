@@ -17,7 +17,7 @@ from copre_hub.errors import CheckpointError
 
 if TYPE_CHECKING:
     import yaml
-    from huggingface_hub import EvalResult, ModelCard
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "modelcard.md"
 BASE_TAGS = ("copre-hub", "federated-learning", "image-classification", "timm")
@@ -185,6 +185,22 @@ def parse_card_metadata(content: str) -> dict[str, Any]:
         return json.loads(json.dumps(data, ensure_ascii=False, default=str).encode("utf-8"))
     except UnicodeEncodeError:
         raise CheckpointError("README.md metadata holds text that is not valid Unicode (a lone surrogate).") from None
+
+
+def parse_card_data(content: str) -> ModelCardData:
+    """The metadata of a model card as ``huggingface_hub.ModelCardData`` (``model-index`` read into
+    ``eval_results``), parsed with :func:`parse_card_metadata`'s caps.
+
+    Raises:
+        CheckpointError: as :func:`parse_card_metadata`, or keys ``ModelCardData`` cannot take.
+    """
+    from huggingface_hub import ModelCardData
+
+    metadata = parse_card_metadata(content)
+    try:
+        return ModelCardData(**metadata, ignore_metadata_errors=True)
+    except (TypeError, ValueError) as error:  # e.g. a key named like one of its parameters
+        raise CheckpointError(f"README.md metadata cannot be read as a model card ({error}).") from None
 
 
 def _check_node_graph(root: yaml.Node) -> None:

@@ -19,7 +19,7 @@ routed from the raw, still percent-encoded request path, so a revision such as `
 Malformed input (a path that is not UTF-8 or holds a lone surrogate, JSON nested too deep, a number that is not
 one) gets a 400 with a one-line reason. Commit bodies stream to disk (see ``commit_body``), at most
 ``max_concurrent_uploads`` at a time (503 with ``Retry-After`` beyond), and each aborted one is logged. Card
-metadata is parsed within caps (``copre_hub.hub.cards.parse_card_metadata``): a commit whose README breaks them is
+metadata is parsed within caps (``copre_hub.hub.cards.parse_card_data``): a commit whose README breaks them is
 refused, and a stored one that does is served without ``cardData``.
 """
 
@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from copre_hub._logging import get_logger
 from copre_hub.errors import CheckpointError
-from copre_hub.hub.cards import parse_card_metadata
+from copre_hub.hub.cards import parse_card_data
 from copre_hub.hub.serve.commit_body import CommitRequest, read_commit_body
 from copre_hub.hub.serve.storage import AddFile, Commit, Repo, RepoStore, StoreError, validate_file_path
 
@@ -244,14 +244,14 @@ class _Hub:
         return body
 
     def _check_card(self, body: CommitRequest) -> None:
-        """Refuse a commit whose README.md metadata breaks the caps (see ``parse_card_metadata``)."""
+        """Refuse a commit whose README.md metadata breaks the caps (see ``parse_card_data``)."""
         for operation in body.operations:
             if isinstance(operation, AddFile) and operation.path == "README.md":
                 content = self.store.read_blob(operation.entry, MAX_CARD_BYTES)
                 if content is None:
                     raise StoreError(413, f"README.md is over {MAX_CARD_BYTES} bytes")
                 try:
-                    parse_card_metadata(content.decode("utf-8", errors="replace"))
+                    parse_card_data(content.decode("utf-8", errors="replace"))
                 except CheckpointError as error:
                     raise StoreError(400, str(error)) from None
 
@@ -468,9 +468,7 @@ def _card_metadata(content: str) -> dict[str, Any]:
     Raises:
         CheckpointError: the block is malformed or breaks a cap.
     """
-    from huggingface_hub import ModelCardData
-
-    return ModelCardData(**parse_card_metadata(content), ignore_metadata_errors=True).to_dict()
+    return parse_card_data(content).to_dict()
 
 
 def _tree_entries(commit: Commit, path: str, recursive: bool) -> list[dict[str, Any]]:
