@@ -10,6 +10,11 @@
 ``HF_HUB_OFFLINE``         ``1`` to never touch the network: only cached checkpoints load.
 ``HF_HOME``                cache root of ``huggingface_hub`` (checkpoints land in ``$HF_HOME/hub``).
 ``HF_TOKEN``               token for pushes (and for reads from gated endpoints).
+``COPRE_HUB_STORED_TOKEN`` ``1`` to send the stored login (``$HF_HOME/token``, from ``hf auth login``) to an
+                           endpoint other than huggingface.co when ``HF_TOKEN`` is unset; by default it is sent
+                           to huggingface.co only, so a huggingface.co token never reaches a self-hosted endpoint.
+``COPRE_HUB_VERBOSITY``    level of the ``copre_hub`` logger (``debug``, ``info``, ``warning``, ``error``);
+                           read once, at the first import that logs.
 =========================  ==========================================================================================
 
 ``huggingface_hub`` reads ``HF_*`` once at import; copre-hub reads them here on every call and passes ``endpoint=``,
@@ -20,6 +25,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from copre_hub.errors import ConfigError
 
 DEFAULT_ORG = "copre-hub"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -38,8 +46,23 @@ def default_org() -> str:
 
 
 def endpoint() -> str:
-    """Hub endpoint URL without a trailing slash."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    """Hub endpoint URL without a trailing slash.
+
+    Raises:
+        ConfigError: ``HF_ENDPOINT`` is not an ``http://`` or ``https://`` URL with a host.
+    """
+    value = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).strip().rstrip("/")
+    try:
+        url = urlsplit(value)
+        valid = url.scheme in ("http", "https") and bool(url.hostname)
+    except ValueError:  # e.g. an unbalanced "[" in an IPv6 host
+        valid = False
+    if not valid:
+        example = value if "://" in value else f"http://{value}"
+        raise ConfigError(
+            f"HF_ENDPOINT={value!r} is not an http(s) URL; set it with its scheme, e.g. HF_ENDPOINT={example}"
+        )
+    return value
 
 
 def offline() -> bool:
@@ -55,9 +78,18 @@ def hub_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def token() -> str | None:
-    """Token from ``HF_TOKEN``; None lets ``huggingface_hub`` fall back to its stored login."""
-    return os.environ.get("HF_TOKEN") or None
+def token(endpoint: str) -> str | bool | None:
+    """The ``token=`` to give ``huggingface_hub`` for requests to ``endpoint``.
+
+    ``HF_TOKEN`` when set. Otherwise None (``huggingface_hub`` then sends its stored login) for huggingface.co or
+    with ``COPRE_HUB_STORED_TOKEN=1``, and False (send no token at all) for any other endpoint: the stored login
+    is usually a huggingface.co token, which a self-hosted endpoint, often plain HTTP, must not receive.
+    """
+    if value := os.environ.get("HF_TOKEN", "").strip():
+        return value
+    if endpoint == DEFAULT_ENDPOINT or os.environ.get("COPRE_HUB_STORED_TOKEN", "").strip().lower() in _TRUE:
+        return None
+    return False
 
 
 def cache_dir() -> Path:

@@ -59,3 +59,10 @@ class AuthError(CopreHubError, PermissionError):
 class HubEndpointError(CopreHubError, ConnectionError):
     """The Hub endpoint cannot be reached (or offline mode is on) for an operation that needs it, or it answered
     with an error no retry or fix on our side can clear."""
+
+
+class ConflictError(CopreHubError, RuntimeError):
+    """A push lost a race: the branch moved after the push read it, so nothing was committed.
+
+    The message reads ``... another push landed first; pull and push again``.
+    """

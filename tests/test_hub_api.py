@@ -216,6 +216,11 @@ def _push_without_token(ctx) -> None:
     copre_hub.push(ctx.published.folder, REPO)
 
 
+def _push_with_wrong_token(ctx) -> None:
+    ctx.monkeypatch.setenv("HF_TOKEN", "not-the-token")
+    copre_hub.push(ctx.published.folder, REPO)
+
+
 def _push_corrupted_folder(ctx) -> None:
     folder = ctx.tmp_path / "corrupt"
     shutil.copytree(ctx.published.folder, folder)
@@ -254,7 +259,8 @@ BAD_INPUTS = {
         CheckpointError,
         r"only pickle weights \(pytorch_model\.bin\).*never unpickles",
     ),
-    "push-without-token": (_push_without_token, AuthError, r"refused the request \(401.*set HF_TOKEN"),
+    "push-without-token": (_push_without_token, AuthError, r"needs a token and none was sent.*set HF_TOKEN"),
+    "push-with-wrong-token": (_push_with_wrong_token, AuthError, r"refused the request \(401.*set HF_TOKEN"),
     "push-corrupted-folder": (_push_corrupted_folder, IntegrityError, r"differs from .* recorded"),
     "path-with-dotdot": (
         lambda ctx: copre_hub.push(ctx.published.folder, "org/../escape"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,32 @@ def test_card_reads_the_block_pretrain_writes() -> None:
     ):
         assert row in content
     assert "`data.path`" not in content and "rounds recorded" not in content
+
+
+def test_cards_of_architectures_copre_hub_registers_say_to_import_it() -> None:
+    own = build_model_card({"architecture": "femnist_cnn", "pretrained_cfg": {}}).content
+    assert "import copre_hub.fl.models  # registers femnist_cnn with timm\nimport timm" in own
+    assert "With plain timm" not in own
+    plain = build_model_card(CONFIG).content
+    assert "With plain timm" in plain and "copre_hub.fl.models" not in plain
+
+
+def test_registered_architectures_are_the_ones_plain_timm_lacks_and_no_published_id_uses() -> None:
+    import timm
+
+    import copre_hub.fl.models  # noqa: F401  (registers them)
+    from copre_hub.hub.cards import REGISTERED_ARCHITECTURES
+    from copre_hub.hub.ids import PUBLISHED
+
+    assert set(timm.list_models(module="models")) == set(REGISTERED_ARCHITECTURES)  # copre_hub/fl/models.py's
+    published = sorted({model.architecture for model in PUBLISHED})
+    cards = [card.read_text() for card in sorted((REPO / "model_cards").glob("*/README.md"))]
+    script = (
+        "import sys, timm; names = sys.argv[1:]; print(' '.join(name for name in names if not timm.is_model(name)))"
+    )
+    plain = subprocess.run(  # a fresh interpreter with timm only: copre_hub never imported
+        [sys.executable, "-c", script, *published, *REGISTERED_ARCHITECTURES], capture_output=True, text=True
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.split() == list(REGISTERED_ARCHITECTURES)  # every published architecture is plain timm
+    assert cards and all("With plain timm" in card for card in cards)

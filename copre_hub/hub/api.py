@@ -8,25 +8,32 @@ Resolution order of :func:`pull` (and so of :func:`load` and :func:`info`):
 
 1. a folder (``local-dir:``, a path): used as it is;
 2. a 40-hex commit, or any revision when offline: the Hugging Face cache, with no network access;
-3. otherwise the endpoint (``snapshot_download``, which reuses cached blobs and falls back to the cache when the
-   endpoint cannot be reached). A branch or tag is asked from the endpoint because it moves: a cached ``main``
-   may be stale.
+3. otherwise the endpoint (``snapshot_download``, which reuses cached blobs). A branch or tag is asked from the
+   endpoint because it moves: a cached ``main`` may be stale. When the endpoint cannot be reached, or fails
+   mid-request (a reset connection, a 5xx), the cached revision is used, with a warning.
+
+Tokens: ``HF_TOKEN`` is sent when set; the stored login of ``huggingface_hub`` only to huggingface.co, or when
+``COPRE_HUB_STORED_TOKEN=1`` (see :func:`copre_hub._env.token`), so a huggingface.co token never reaches a
+self-hosted endpoint. The ``copre_hub`` logger says at ``info`` what each :func:`load` resolved.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copre_hub import _env
+from copre_hub._logging import get_logger
 from copre_hub.errors import (
     AuthError,
     CheckpointError,
     ConfigError,
+    ConflictError,
     CopreHubError,
     HubEndpointError,
     IntegrityError,
@@ -34,11 +41,14 @@ from copre_hub.errors import (
     OfflineModelNotCachedError,
     RevisionNotFoundError,
 )
+from copre_hub.hub.cards import parse_card_data
 from copre_hub.hub.checkpoint import (
     CARD_NAME,
+    CONFIG_NAME,
     PICKLE_SUFFIXES,
     check_timm_config,
     load_checkpoint,
+    recorded_sha256,
     verify_checkpoint,
 )
 from copre_hub.hub.ids import (
@@ -56,9 +66,10 @@ from copre_hub.hub.ids import (
 
 if TYPE_CHECKING:
     import torch
-    from huggingface_hub import CommitInfo, HfApi
+    from huggingface_hub import CommitInfo, HfApi, ModelCardData
 
 _REPO_FOLDER_PREFIX = "models--"
+_logger = get_logger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +122,10 @@ def load(
     model_id: str | os.PathLike[str],
     num_classes: int | None = None,
     revision: str | None = None,
+    *,
+    pretrained: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
     **timm_kwargs: Any,
 ) -> torch.nn.Module:
     """A timm model with the weights of an initialization.
@@ -121,6 +136,11 @@ def load(
         num_classes: classes of the downstream task. When it differs from the checkpoint's, the backbone is
             loaded and the head is fresh (timm's behaviour); None keeps the checkpoint's head.
         revision: branch, tag or commit (alternatively ``@rev`` in the id).
+        pretrained: timm's flag, accepted so that ``timm.create_model`` calls carry over; loading an initialization
+            always loads its weights, so only True is valid.
+        cache_dir: the Hugging Face cache to use instead of ``$HF_HOME/hub`` (timm's ``cache_dir``).
+        checkpoint_path: a ``.safetensors`` state dict loaded over the initialization's weights (timm's
+            ``checkpoint_path``); it must fit the model exactly. Pickle files are refused.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_rate``, ``in_chans``).
 
     Returns:
@@ -133,14 +153,23 @@ def load(
         IntegrityError: ``model.safetensors`` differs from the sha256 recorded in ``config.json``.
         CheckpointError: missing weights, pickle-only folder, or a ``config.json`` of another architecture.
         AuthError: the endpoint refused the token.
+        ConfigError: ``pretrained=False``.
 
     Example:
         >>> model = copre_hub.load("copreFL-resnet18-cifar100", num_classes=5)  # doctest: +SKIP
     """
+    if not pretrained:
+        raise ConfigError(
+            "copre_hub.load(pretrained=False): an initialization is its weights; for random weights of the same "
+            "architecture call timm.create_model(architecture, pretrained=False)."
+        )
     ref = parse_model_id(model_id)
-    folder = _fetch(ref, revision)
+    folder = _fetch(ref, revision, Path(cache_dir).expanduser() if cache_dir is not None else None)
     with _naming(ref, folder):
-        return load_checkpoint(folder, num_classes=num_classes, **timm_kwargs)
+        model = load_checkpoint(folder, num_classes=num_classes, checkpoint_path=checkpoint_path, **timm_kwargs)
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))  # load_checkpoint checked it
+    _logger.info("loaded %s: sha256 %s", ref.text, recorded_sha256(config, folder) or "not recorded (plain timm)")
+    return model
 
 
 def pull(model_id: str | os.PathLike[str], revision: str | None = None) -> Path:
@@ -193,9 +222,10 @@ def push(
         CheckpointError, IntegrityError: the folder is not a sound checkpoint.
         ConfigError: invalid repository id, revision or tag, or the tag already exists.
         AuthError: no token, or a token the endpoint refuses (set ``HF_TOKEN``).
+        ConflictError: another push moved the branch while this one was being sent; nothing was committed.
         HubEndpointError: offline mode, endpoint unreachable or failing.
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     folder = Path(folder)
     config = verify_checkpoint(folder)
@@ -209,15 +239,24 @@ def push(
         validate_revision(tag)
     if _env.offline():
         raise HubEndpointError(f"cannot push {folder} to {ref.repo_id}: HF_HUB_OFFLINE=1; unset it to push.")
+    card = folder / CARD_NAME
+    if card.is_file():
+        try:
+            parse_card_data(card.read_text(encoding="utf-8", errors="replace"))
+        except CheckpointError as error:
+            raise CheckpointError(f"{card}: {error}") from None
     endpoint = _env.endpoint()
-    api = HfApi(endpoint=endpoint, token=_env.token())
+    token = _env.token(endpoint)
+    api = _hf_api(endpoint, token)
     repo = ref.repo_id
-    with _hub_errors(f"push of {folder} to {repo}", ref, endpoint):
+    with _hub_errors(f"push of {folder} to {repo}", ref, endpoint, token):
         if not api.repo_exists(repo):  # create_repo(exist_ok) mishandles a 401 on non-huggingface.co endpoints
             api.create_repo(repo, private=private, exist_ok=True)
         if branch != DEFAULT_REVISION:
             api.create_branch(repo, branch=branch, exist_ok=True)
-        stale = [path for path in api.list_repo_files(repo, revision=branch) if path not in files]
+        # The commit names the head it was built on: if another push moves the branch first, it is refused whole.
+        head = api.model_info(repo, revision=branch, files_metadata=False)
+        stale = [sibling.rfilename for sibling in head.siblings or [] if sibling.rfilename not in files]
         operations = [
             *(CommitOperationDelete(path_in_repo=path) for path in stale if not _is_hidden(path)),
             *(CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder / path)) for path in files),
@@ -228,9 +267,10 @@ def push(
             operations,
             commit_message=commit_message or f"Upload {model_name} with copre-hub",
             revision=branch,
+            parent_commit=head.sha,
         )
     if tag is not None:
-        _create_tag(api, ref, tag, commit.oid, endpoint)
+        _create_tag(api, ref, tag, commit.oid, endpoint, token)
     return commit
 
 
@@ -239,7 +279,9 @@ def list_models(remote: bool = False, author: str | None = None) -> list[ModelLi
 
     Args:
         remote: also ask the endpoint (``HfApi.list_models``); refused in offline mode.
-        author: organisation listed on the endpoint (default: ``COPRE_HUB_ORG``, else ``copre-hub``).
+        author: organisation listed on the endpoint (default: ``COPRE_HUB_ORG``, else ``copre-hub``). Published and
+            cached repositories of other organisations are asked about too, so ``on_endpoint`` is right for every
+            repository listed.
 
     Returns:
         One :class:`ModelListing` per repository, sorted by id (case-insensitively).
@@ -261,7 +303,8 @@ def list_models(remote: bool = False, author: str | None = None) -> list[ModelLi
         published = published_model(name) if org.lower() == _env.default_org().lower() else None
         add(repo_id, cached_revisions=revisions, published=published)
     if remote:
-        for repo_id in _endpoint_repos(author or _env.default_org()):
+        known = [listing.repo_id for listing in listings.values()]
+        for repo_id in _endpoint_repos(author or _env.default_org(), known):
             add(repo_id, on_endpoint=True)
     return sorted(listings.values(), key=lambda listing: listing.repo_id.lower())
 
@@ -272,14 +315,11 @@ def info(model_id: str | os.PathLike[str], revision: str | None = None) -> Check
     Raises:
         As :func:`pull`.
     """
-    from huggingface_hub import ModelCard
-
     ref = parse_model_id(model_id)
     folder = _fetch(ref, revision)
     with _naming(ref, folder):
         config = verify_checkpoint(folder)
-    card_path = folder / CARD_NAME
-    card = ModelCard.load(card_path, ignore_metadata_errors=True).data if card_path.is_file() else None
+    card = _card_data(folder / CARD_NAME)
     results = [
         {
             "dataset": result.dataset_type,
@@ -303,10 +343,23 @@ def info(model_id: str | os.PathLike[str], revision: str | None = None) -> Check
     )
 
 
-def _fetch(ref: ModelRef, revision: str | None) -> Path:
+def _card_data(path: Path) -> ModelCardData | None:
+    """The metadata of the model card at ``path``, parsed within caps; None without a card, or (with a warning)
+    for metadata that breaks them."""
+    if not path.is_file():
+        return None
+    try:
+        return parse_card_data(path.read_text(encoding="utf-8", errors="replace"))
+    except CheckpointError as error:
+        _logger.warning("%s: %s; its metadata is ignored.", path, error)
+        return None
+
+
+def _fetch(ref: ModelRef, revision: str | None, cache_dir: Path | None = None) -> Path:
     """The local folder of ``ref``: the given folder, a cache snapshot, or a fresh download (see module doc)."""
+    import httpx
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     if ref.path is not None:
         if revision is not None:
@@ -315,13 +368,16 @@ def _fetch(ref: ModelRef, revision: str | None) -> Path:
             raise ModelNotFoundError(
                 f"{ref.text!r}: no checkpoint folder at {ref.path}; check the path, or see `copre-hub list` for ids."
             )
+        _logger.info("%s: the folder %s", ref.text, ref.path)
         return ref.path
     revision = _revision(ref, revision)
-    repo_id = _cached_spelling(ref.repo_id)
-    cache_dir = _env.hub_cache_dir()
+    cache_dir = cache_dir or _env.hub_cache_dir()
+    repo_id = _cached_spelling(ref.repo_id, cache_dir)
     if _env.offline() or is_commit_hash(revision):
         with contextlib.suppress(LocalEntryNotFoundError):
-            return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
+            folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
+            _logger.info("%s: revision %s from the cache, commit %s", ref.text, revision, folder.name)
+            return folder
         if _env.offline():
             raise OfflineModelNotCachedError(
                 f"{ref.text!r} (revision {revision}) is not in the local cache {cache_dir} and HF_HUB_OFFLINE=1; "
@@ -329,18 +385,62 @@ def _fetch(ref: ModelRef, revision: str | None) -> Path:
                 "HF_HUB_OFFLINE and point HF_ENDPOINT at a `copre-hub serve` endpoint."
             )
     endpoint = _env.endpoint()
-    with _hub_errors(f"{ref.text!r}", ref, endpoint):
+    token = _env.token(endpoint)
+    _isolate_from_huggingface_co(endpoint)
+    with _hub_errors(f"{ref.text!r}", ref, endpoint, token):
         try:
-            folder = snapshot_download(
-                repo_id, revision=revision, cache_dir=cache_dir, endpoint=endpoint, token=_env.token()
+            folder = Path(
+                snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, endpoint=endpoint, token=token)
             )
-        except LocalEntryNotFoundError as error:
+        except (LocalEntryNotFoundError, httpx.TransportError, HfHubHTTPError) as error:
+            status = getattr(getattr(error, "response", None), "status_code", None)
+            if status is not None and status < 500:
+                raise  # the endpoint answered: no such repository or revision, or no access
+            with contextlib.suppress(LocalEntryNotFoundError):
+                folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
+                _logger.warning(
+                    "%s: %s failed (%s); using the cached revision %s, commit %s.",
+                    ref.text,
+                    endpoint,
+                    _reason(error),
+                    revision,
+                    folder.name,
+                )
+                return folder
             raise ModelNotFoundError(
-                f"{ref.text!r}: {endpoint} cannot be reached and {repo_id}@{revision} is not in the cache "
-                f"{cache_dir}; check HF_ENDPOINT and the network, or run `copre-hub pull {ref.text}` on a "
+                f"{ref.text!r}: {endpoint} cannot be reached ({_reason(error)}) and {repo_id}@{revision} is not in "
+                f"the cache {cache_dir}; check HF_ENDPOINT and the network, or run `copre-hub pull {ref.text}` on a "
                 "connected machine."
             ) from error
-    return Path(folder)
+    _logger.info("%s: revision %s from %s, commit %s", ref.text, revision, endpoint, folder.name)
+    return folder
+
+
+def _hf_api(endpoint: str, token: str | bool | None) -> HfApi:
+    """An ``HfApi`` on ``endpoint`` with ``token``; huggingface_hub is kept off huggingface.co when it is another."""
+    from huggingface_hub import HfApi
+
+    _isolate_from_huggingface_co(endpoint)
+    return HfApi(endpoint=endpoint, token=token)
+
+
+def _isolate_from_huggingface_co(endpoint: str) -> None:
+    """Stop huggingface_hub's own requests to the endpoint it read at import when copre-hub talks to another one.
+
+    huggingface_hub fetches ``{its ENDPOINT}/api/agent-harnesses`` once a day to build its user agent; that
+    ENDPOINT was fixed at import, so with ``HF_ENDPOINT`` set later it would be huggingface.co. The request belongs
+    to its telemetry, which ``HF_HUB_DISABLE_TELEMETRY`` turns off; copre-hub turns it off for the process.
+    """
+    from huggingface_hub import constants
+
+    if constants.ENDPOINT.rstrip("/") != endpoint:
+        constants.HF_HUB_DISABLE_TELEMETRY = True
+
+
+def _reason(error: BaseException) -> str:
+    """One line naming an error: its type, then its first line of text."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
 
 def _revision(ref: ModelRef, revision: str | None) -> str:
@@ -351,10 +451,9 @@ def _revision(ref: ModelRef, revision: str | None) -> str:
     return revision or ref.revision or DEFAULT_REVISION
 
 
-def _cached_spelling(repo_id: str) -> str:
+def _cached_spelling(repo_id: str, cache_dir: Path) -> str:
     """The spelling under which ``repo_id`` sits in the cache (ids match case-insensitively), else ``repo_id``."""
     wanted = _REPO_FOLDER_PREFIX + repo_id.replace("/", "--")
-    cache_dir = _env.hub_cache_dir()
     if (cache_dir / wanted).is_dir():
         return repo_id
     with contextlib.suppress(OSError):
@@ -383,20 +482,25 @@ def _cached_repos() -> dict[str, tuple[str, ...]]:
     }
 
 
-def _endpoint_repos(author: str) -> list[str]:
-    from huggingface_hub import HfApi
-
+def _endpoint_repos(author: str, known: list[str]) -> list[str]:
+    """Repositories of ``author`` on the endpoint, and which of ``known`` (``org/name``, of other organisations)
+    it holds (one request each: the cache and the registry hold few)."""
     if _env.offline():
         raise HubEndpointError("cannot list the endpoint's models: HF_HUB_OFFLINE=1; drop --remote or unset it.")
     endpoint = _env.endpoint()
-    with _hub_errors(f"listing of {author}'s models", None, endpoint):
-        return [model.id for model in HfApi(endpoint=endpoint, token=_env.token()).list_models(author=author)]
+    token = _env.token(endpoint)
+    api = _hf_api(endpoint, token)
+    with _hub_errors(f"listing of {author}'s models", None, endpoint, token):
+        found = [model.id for model in api.list_models(author=author)]
+        others = [repo for repo in known if repo.split("/")[0].lower() != author.lower()]
+        found += [repo for repo in others if api.repo_exists(repo)]
+    return found
 
 
-def _create_tag(api: HfApi, ref: ModelRef, tag: str, commit: str, endpoint: str) -> None:
+def _create_tag(api: HfApi, ref: ModelRef, tag: str, commit: str, endpoint: str, token: str | bool | None) -> None:
     from huggingface_hub.errors import HfHubHTTPError
 
-    with _hub_errors(f"tagging {ref.repo_id}@{commit} as {tag!r}", ref, endpoint):
+    with _hub_errors(f"tagging {ref.repo_id}@{commit} as {tag!r}", ref, endpoint, token):
         try:
             api.create_tag(ref.repo_id, tag=tag, revision=commit)
         except HfHubHTTPError as error:
@@ -430,6 +534,14 @@ def _is_hidden(path: str) -> bool:
     return any(part.startswith(".") for part in path.split("/"))
 
 
+def _no_token_sent(endpoint: str) -> str:
+    return (
+        f"{endpoint} needs a token and none was sent: HF_TOKEN is unset, and the stored huggingface_hub login goes to "
+        "huggingface.co only; set HF_TOKEN to a token of this endpoint (or COPRE_HUB_STORED_TOKEN=1 to send the "
+        "stored one)."
+    )
+
+
 @contextlib.contextmanager
 def _naming(ref: ModelRef, folder: Path) -> Iterator[None]:
     """Prefix checkpoint errors with the id the caller used (they name the folder, which may be a cache snapshot);
@@ -446,8 +558,11 @@ def _naming(ref: ModelRef, folder: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _hub_errors(what: str, ref: ModelRef | None, endpoint: str) -> Iterator[None]:
-    """Turn huggingface_hub and httpx errors into copre-hub errors that name the id, the endpoint and the fix."""
+def _hub_errors(what: str, ref: ModelRef | None, endpoint: str, token: str | bool | None) -> Iterator[None]:
+    """Turn huggingface_hub and httpx errors into copre-hub errors that name the id, the endpoint and the fix.
+
+    ``token`` is what was given to huggingface_hub, so that a refusal says whether a token was sent at all.
+    """
     import httpx
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
     from huggingface_hub.errors import RevisionNotFoundError as HubRevisionNotFoundError
@@ -461,6 +576,8 @@ def _hub_errors(what: str, ref: ModelRef | None, endpoint: str) -> Iterator[None
             "(main by default) or a full commit id."
         ) from error
     except RepositoryNotFoundError as error:
+        if error.response.status_code == 401 and token is False:
+            raise AuthError(f"{what}: {_no_token_sent(endpoint)}") from error
         raise ModelNotFoundError(
             f"{what}: no repository {repo} on {endpoint} (cache: {_env.hub_cache_dir()}); check the id "
             "(`copre-hub list --remote`), or set HF_TOKEN if the endpoint requires one."
@@ -468,14 +585,21 @@ def _hub_errors(what: str, ref: ModelRef | None, endpoint: str) -> Iterator[None
     except HfHubHTTPError as error:
         status = error.response.status_code
         message = (error.server_message or str(error)).strip().splitlines()[0]
+        if status in (401, 403) and token is False:
+            raise AuthError(f"{what}: {_no_token_sent(endpoint)}") from error
         if status in (401, 403):
             raise AuthError(
                 f"{what}: {endpoint} refused the request ({status}: {message}); set HF_TOKEN to a token it accepts."
             ) from error
+        if status == 412:
+            raise ConflictError(
+                f"{what}: the branch moved while this push was sent, so nothing was committed: another push landed "
+                "first; pull and push again."
+            ) from error
         raise HubEndpointError(f"{what}: {endpoint} answered {status} ({message}).") from error
-    except (httpx.ConnectError, httpx.TimeoutException) as error:
+    except httpx.TransportError as error:  # connect, timeout, reset (ReadError), broken responses, bad URLs
         raise HubEndpointError(
-            f"{what}: cannot reach {endpoint} ({error}); check HF_ENDPOINT and the network."
+            f"{what}: {endpoint} failed ({_reason(error)}); check HF_ENDPOINT and the network, then try again."
         ) from error
     except CopreHubError:
         raise

@@ -7,14 +7,17 @@ same file, kept identical by a test). Cards are never hand-written YAML: the met
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copre_hub import _env
+from copre_hub.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from huggingface_hub import EvalResult, ModelCard
+    import yaml
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "modelcard.md"
 BASE_TAGS = ("copre-hub", "federated-learning", "image-classification", "timm")
@@ -27,8 +30,16 @@ METHOD_NAMES = {
     "fedprox": "FedProx",
     "centralized": "centralized",
 }
+# Architectures that copre_hub.fl.models registers with timm: plain timm cannot build them, so their cards say so,
+# and no published id uses one (a test keeps this list and that module in step).
+REGISTERED_ARCHITECTURES = ("femnist_cnn", "resnet18_cifar")
 SCENARIOS = {"1": "Scenario I (pre-training data only on clients)", "2": "Scenario II (clients plus a server dataset)"}
 _HISTOGRAM_BINS = 10
+# Caps on a card's YAML metadata. The published cards have about 1 KiB, 200 nodes and 8 levels; a YAML alias chain
+# ("billion laughs") of a few hundred bytes expands to millions of nodes when served as JSON.
+MAX_METADATA_BYTES = 64 << 10
+MAX_METADATA_NODES = 10_000
+MAX_METADATA_DEPTH = 32
 
 
 def build_model_card(
@@ -102,6 +113,7 @@ def build_model_card(
         repo_id=repo_id,
         summary=_summary(config, meta, dataset),
         architecture=config["architecture"],
+        registered_by_copre_hub=config["architecture"] in REGISTERED_ARCHITECTURES,
         num_classes=config.get("num_classes", "?"),
         input_size="x".join(str(size) for size in config.get("pretrained_cfg", {}).get("input_size", ())) or "?",
         method_name=_display("method", method) or "unknown method",
@@ -123,6 +135,112 @@ def build_model_card(
             if evaluation.get("client_accuracies")
         ],
     )
+
+
+def parse_card_metadata(content: str) -> dict[str, Any]:
+    """The YAML metadata block of a model card, parsed safely and within caps.
+
+    The block (between the leading ``---`` lines, as huggingface_hub finds it) must be at most
+    :data:`MAX_METADATA_BYTES`; once aliases are expanded it must hold at most :data:`MAX_METADATA_NODES` nodes,
+    nest at most :data:`MAX_METADATA_DEPTH` levels and refer to nothing recursively. The node graph is measured
+    before any Python object is built, so an alias bomb costs no more than its own size. Only plain YAML types
+    are built (``yaml.SafeLoader``), then returned as JSON types (a date becomes its ISO text).
+
+    Returns:
+        The metadata mapping ({} when the card has no metadata block).
+
+    Raises:
+        CheckpointError: naming the cap that was passed, or the YAML error.
+    """
+    import yaml
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    match = REGEX_YAML_BLOCK.search(content)
+    if match is None:
+        return {}
+    block = match.group(2)
+    size = len(block.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        raise CheckpointError(
+            f"README.md metadata is {size} bytes, over the {MAX_METADATA_BYTES}-byte cap; move long text below the "
+            "metadata block."
+        )
+    try:
+        root = yaml.compose(block, Loader=yaml.SafeLoader)
+        if root is None:
+            return {}
+        _check_node_graph(root)
+        data = yaml.safe_load(block)
+    except RecursionError:
+        raise CheckpointError(
+            f"README.md metadata nests deeper than {MAX_METADATA_DEPTH} levels; flatten it."
+        ) from None
+    except yaml.YAMLError as error:
+        reason = " ".join(str(error).split())
+        raise CheckpointError(
+            f"README.md metadata is not valid YAML ({reason}); fix the block between '---' lines."
+        ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError("README.md metadata must be a YAML mapping (key: value lines between '---' lines).")
+    try:  # as JSON, the way the Hub serves it: dates become strings, and text must be valid Unicode
+        return json.loads(json.dumps(data, ensure_ascii=False, default=str).encode("utf-8"))
+    except UnicodeEncodeError:
+        raise CheckpointError("README.md metadata holds text that is not valid Unicode (a lone surrogate).") from None
+
+
+def parse_card_data(content: str) -> ModelCardData:
+    """The metadata of a model card as ``huggingface_hub.ModelCardData`` (``model-index`` read into
+    ``eval_results``), parsed with :func:`parse_card_metadata`'s caps.
+
+    Raises:
+        CheckpointError: as :func:`parse_card_metadata`, or keys ``ModelCardData`` cannot take.
+    """
+    from huggingface_hub import ModelCardData
+
+    metadata = parse_card_metadata(content)
+    try:
+        return ModelCardData(**metadata, ignore_metadata_errors=True)
+    except (TypeError, ValueError) as error:  # e.g. a key named like one of its parameters
+        raise CheckpointError(f"README.md metadata cannot be read as a model card ({error}).") from None
+
+
+def _check_node_graph(root: yaml.Node) -> None:
+    """Refuse a YAML node graph that expands past the caps or refers to itself (see :func:`parse_card_metadata`).
+
+    Each node is measured once (aliases share nodes), so the check is linear in the document, not in its expansion.
+    """
+    expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes once expanded, depth)
+    visiting: set[int] = set()
+
+    def measure(node: yaml.Node, level: int) -> tuple[int, int]:
+        if level > MAX_METADATA_DEPTH:
+            raise CheckpointError(f"README.md metadata nests deeper than {MAX_METADATA_DEPTH} levels; flatten it.")
+        key = id(node)
+        if key in expanded:
+            return expanded[key]
+        if key in visiting:
+            raise CheckpointError("README.md metadata refers to itself through a YAML alias; remove the alias.")
+        visiting.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node.value, list):
+            for item in node.value:
+                children.extend(item if isinstance(item, tuple) else (item,))
+        nodes, depth = 1, 1
+        for child in children:
+            child_nodes, child_depth = measure(child, level + 1)
+            nodes += child_nodes
+            depth = max(depth, child_depth + 1)
+            if nodes > MAX_METADATA_NODES:
+                raise CheckpointError(
+                    f"README.md metadata expands to more than {MAX_METADATA_NODES} values (YAML aliases count once "
+                    "per use); write it without aliases."
+                )
+        visiting.discard(key)
+        expanded[key] = (nodes, depth)
+        return nodes, depth
+
+    if measure(root, 1)[1] > MAX_METADATA_DEPTH:  # a shared node measured higher up may sit deeper here
+        raise CheckpointError(f"README.md metadata nests deeper than {MAX_METADATA_DEPTH} levels; flatten it.")
 
 
 def _pretraining_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:

@@ -111,6 +111,9 @@ def save_checkpoint(
             card = build_model_card(config).content
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
+        # safetensors creates its file 0600; give it the mode of the other files (0644 under the usual umask), as
+        # huggingface_hub does for downloads, so that other users of a shared machine can load it.
+        (staging / WEIGHTS_NAME).chmod((staging / CONFIG_NAME).stat().st_mode & 0o777)
         _publish(staging, folder)
     except OSError as error:
         raise OutputError(f"cannot write checkpoint folder {folder}: {error.strerror or error}.") from error
@@ -297,16 +300,22 @@ def check_timm_config(config: dict[str, Any], folder: str | Path) -> None:
         )
 
 
-def load_checkpoint(folder: str | Path, num_classes: int | None = None, **timm_kwargs: Any) -> torch.nn.Module:
+def load_checkpoint(
+    folder: str | Path,
+    num_classes: int | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    **timm_kwargs: Any,
+) -> torch.nn.Module:
     """Verify a checkpoint folder and build its timm model with the weights loaded.
 
     With ``num_classes`` different from the checkpoint's, timm keeps the backbone and gives a fresh head. Every
     other parameter must come from the file: a ``config.json`` naming another architecture than the weights is an
-    error, never a partial load.
+    error, never a partial load. ``checkpoint_path`` (timm's argument) names a ``.safetensors`` state dict loaded
+    over the result, strictly.
 
     Raises:
-        CheckpointError: see :func:`verify_checkpoint` and :func:`check_timm_config`, or the weights do not fit
-            the architecture.
+        CheckpointError: see :func:`verify_checkpoint` and :func:`check_timm_config`, the weights do not fit the
+            architecture, or ``checkpoint_path`` is not a safetensors file that fits the model (named in the message).
         IntegrityError: the weights' sha256 differs from the recorded one.
     """
     folder = Path(folder)
@@ -322,7 +331,30 @@ def load_checkpoint(folder: str | Path, num_classes: int | None = None, **timm_k
             integrity.result()  # corrupted weights are reported as such, before any does-not-fit error
             raise
         integrity.result()
+    if checkpoint_path is not None:
+        _load_state_dict_file(model, Path(checkpoint_path), config["architecture"])
     return model
+
+
+def _load_state_dict_file(model: torch.nn.Module, path: Path, architecture: str) -> None:
+    """Load the safetensors state dict at ``path`` into ``model`` (strict, as timm's ``checkpoint_path``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"checkpoint_path={path}: copre-hub loads .safetensors files only and never unpickles; convert it on a "
+            "trusted machine with safetensors.torch.save_file(state_dict, 'weights.safetensors')."
+        )
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint_path={path} does not exist; check the path.")
+    try:
+        model.load_state_dict(load_file(path), strict=True)
+    except (RuntimeError, SafetensorError) as error:
+        reason = str(error).strip().splitlines()[0][:300]
+        raise CheckpointError(
+            f"checkpoint_path={path} does not fit architecture {architecture!r} ({reason})."
+        ) from error
 
 
 def _build(folder: Path, config: dict[str, Any], num_classes: int | None, timm_kwargs: dict[str, Any]):

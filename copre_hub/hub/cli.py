@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
 
 from copre_hub.errors import ConfigError, OutputError
@@ -81,6 +82,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     tokens.add_argument("--token", help="accepted token (visible to other local users; prefer --token-file)")
     serve.add_argument("--gated-reads", action="store_true", help="require a token for reads too")
     serve.add_argument("--max-body-mb", type=int, default=1024, help="largest commit body in MiB (default: 1024)")
+    serve.add_argument("--max-uploads", type=int, default=4, help="commits received at once; more get 503 (default: 4)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_serve)
 
@@ -142,19 +144,22 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from copre_hub.hub.serve.server import bind, build_server, url_of
+    from copre_hub.hub.serve.server import bind, build_server, exposure_warnings, url_of
 
     tokens = _tokens(args)
     if args.gated_reads and not tokens:
         raise ConfigError("--gated-reads needs --token-file or --token: no reader could ever authenticate.")
-    if args.max_body_mb <= 0:
-        raise ConfigError("--max-body-mb must be positive.")
+    if args.max_body_mb <= 0 or args.max_uploads <= 0:
+        raise ConfigError(
+            f"--max-body-mb ({args.max_body_mb}) and --max-uploads ({args.max_uploads}) must be positive."
+        )
     try:
         server = build_server(
             args.storage,
             tokens=tokens,
             gated_reads=args.gated_reads,
             max_body_bytes=args.max_body_mb * _MIB,
+            max_concurrent_uploads=args.max_uploads,
             log_level=args.log_level,
         )
     except OSError as error:
@@ -163,6 +168,8 @@ def _serve(args: argparse.Namespace) -> int:
     writes = "writes need a token" if tokens else "read-only (no token given)"
     reads = "reads need a token" if args.gated_reads else "public reads"
     print(f"copre-hub serve: {url_of(sock)} (storage {args.storage}; {writes}; {reads})", flush=True)
+    for warning in exposure_warnings(args.host, args.gated_reads):
+        print(f"copre-hub serve: warning: {warning}", file=sys.stderr, flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: uvicorn re-raises it once shut down
         server.run(sockets=[sock])
     return 0

@@ -15,6 +15,12 @@ Errors carry the ``X-Error-Code`` huggingface_hub maps to its exceptions (``Repo
 ``EntryNotFound``) and a JSON ``{"error": message}``. Writes need one of the tokens given at start (as
 ``Authorization: Bearer``); reads need one too for private repositories, or for all with ``gated_reads``. Paths are
 routed from the raw, still percent-encoded request path, so a revision such as ``refs%2Fpr%2F1`` stays one part.
+
+Malformed input (a path that is not UTF-8 or holds a lone surrogate, JSON nested too deep, a number that is not
+one) gets a 400 with a one-line reason. Commit bodies stream to disk (see ``commit_body``), at most
+``max_concurrent_uploads`` at a time (503 with ``Retry-After`` beyond), and each aborted one is logged. Card
+metadata is parsed within caps (``copre_hub.hub.cards.parse_card_data``): a commit whose README breaks them is
+refused, and a stored one that does is served without ``cardData``.
 """
 
 from __future__ import annotations
@@ -22,8 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
@@ -34,10 +39,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from copre_hub.hub.serve.commit_body import read_commit_body
-from copre_hub.hub.serve.storage import Commit, Repo, RepoStore, StoreError, validate_file_path
+from copre_hub._logging import get_logger
+from copre_hub.errors import CheckpointError
+from copre_hub.hub.cards import parse_card_data
+from copre_hub.hub.serve.commit_body import CommitRequest, read_commit_body
+from copre_hub.hub.serve.storage import AddFile, Commit, Repo, RepoStore, StoreError, validate_file_path
 
 DEFAULT_MAX_BODY_BYTES = 1 << 30
+DEFAULT_MAX_CONCURRENT_UPLOADS = 4
+MAX_JSON_DEPTH = 32
 MAX_JSON_BYTES = 8 << 20
 MAX_URL_PATH = 4096
 MAX_CARD_BYTES = 1 << 20
@@ -45,7 +55,7 @@ MAX_PREUPLOAD_FILES = 10_000
 # huggingface_hub reads this exact X-Error-Message on a 401 as "bad token", not as "repository not found".
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 _TRUE = {"1", "true", "True", "yes"}
-_logger = logging.getLogger("copre_hub.serve")
+_logger = get_logger("copre_hub.serve")
 T = TypeVar("T")
 
 
@@ -55,6 +65,7 @@ def create_app(
     tokens: Iterable[str],
     gated_reads: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS,
 ) -> Starlette:
     """The ASGI application serving the repositories of ``store``.
 
@@ -63,18 +74,23 @@ def create_app(
         tokens: accepted bearer tokens; writes need one. With no token at all the endpoint is read-only.
         gated_reads: reads need a token too (otherwise only private repositories do).
         max_body_bytes: largest commit body accepted (413 beyond).
+        max_concurrent_uploads: commit bodies received at once (503 beyond, with ``Retry-After``).
     """
-    hub = _Hub(store, frozenset(tokens), gated_reads, max_body_bytes)
+    hub = _Hub(store, frozenset(tokens), gated_reads, max_body_bytes, max_concurrent_uploads)
     methods = ["GET", "HEAD", "POST", "DELETE"]
     return Starlette(routes=[Route("/{path:path}", hub.dispatch, methods=methods)])
 
 
 class _Hub:
-    def __init__(self, store: RepoStore, tokens: frozenset[str], gated_reads: bool, max_body_bytes: int) -> None:
+    def __init__(
+        self, store: RepoStore, tokens: frozenset[str], gated_reads: bool, max_body_bytes: int, max_uploads: int
+    ) -> None:
         self.store = store
         self.tokens = tokens
         self.gated_reads = gated_reads
         self.max_body_bytes = max_body_bytes
+        self.max_uploads = max_uploads
+        self.uploads = 0  # commit bodies being received; changed on the event loop only
 
     async def dispatch(self, request: Request) -> Response:
         try:
@@ -83,7 +99,7 @@ class _Hub:
         except StoreError as error:
             return _error_response(error)
         except ClientDisconnect:
-            _logger.info("client went away during %s %s; nothing was committed", request.method, request.url.path)
+            _logger.debug("client went away during %s %s; nothing was committed", request.method, request.url.path)
             return Response(status_code=400)
 
     def _route(self, method: str, parts: list[str]) -> Callable[[Request], Awaitable[Response]]:
@@ -185,10 +201,16 @@ class _Hub:
         self._require_write(request)
         repo = await self._writable_repo(repo_id, request)
         await _run(self.store.resolve_branch, repo, branch)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        declared = _natural(request.headers.get("content-length", ""))
+        if declared is not None and declared > self.max_body_bytes:
             raise StoreError(413, f"commit body larger than {self.max_body_bytes} bytes")
-        body = await read_commit_body(request.stream(), self.store, self.max_body_bytes)
+        if self.uploads >= self.max_uploads:
+            raise StoreError(503, f"{self.uploads} uploads in progress, the most this endpoint takes; retry shortly")
+        self.uploads += 1
+        try:
+            body = await self._receive_commit(request, repo, branch)
+        finally:
+            self.uploads -= 1
         commit = await _run(
             self.store.commit, repo, branch, body.operations, body.summary, body.description, body.parent_commit
         )
@@ -199,6 +221,39 @@ class _Hub:
                 "pullRequestUrl": None,
             }
         )
+
+    async def _receive_commit(self, request: Request, repo: Repo, branch: str) -> CommitRequest:
+        """The parsed commit body, its README's metadata checked; an upload that fails is logged, once."""
+        received = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal received
+            async for chunk in request.stream():
+                received += len(chunk)
+                yield chunk
+
+        try:
+            body = await read_commit_body(counted(), self.store, self.max_body_bytes)
+            await _run(self._check_card, body)
+        except (StoreError, ClientDisconnect) as error:
+            reason = "the client went away" if isinstance(error, ClientDisconnect) else f"{error.status} {error}"
+            _logger.warning(
+                "upload to %s@%s aborted after %d bytes (%s); nothing was committed", repo.id, branch, received, reason
+            )
+            raise
+        return body
+
+    def _check_card(self, body: CommitRequest) -> None:
+        """Refuse a commit whose README.md metadata breaks the caps (see ``parse_card_data``)."""
+        for operation in body.operations:
+            if isinstance(operation, AddFile) and operation.path == "README.md":
+                content = self.store.read_blob(operation.entry, MAX_CARD_BYTES)
+                if content is None:
+                    raise StoreError(413, f"README.md is over {MAX_CARD_BYTES} bytes")
+                try:
+                    parse_card_data(content.decode("utf-8", errors="replace"))
+                except CheckpointError as error:
+                    raise StoreError(400, str(error)) from None
 
     async def create_tag(self, request: Request, repo_id: str, revision: str) -> Response:
         self._require_write(request)
@@ -235,7 +290,7 @@ class _Hub:
             raise StoreError(400, "validate-yaml needs 'content'")
         try:
             _card_metadata(content)
-        except ValueError as error:
+        except CheckpointError as error:
             return JSONResponse({"errors": [{"message": str(error)}], "warnings": []}, status_code=400)
         return JSONResponse({"errors": [], "warnings": []})
 
@@ -246,7 +301,6 @@ class _Hub:
         if self.gated_reads and not authorized:
             raise StoreError(401, "this endpoint needs a token for reads: set HF_TOKEN")
         params = request.query_params
-        limit = params.get("limit", "")
         return JSONResponse(
             await _run(
                 self._model_list,
@@ -256,7 +310,7 @@ class _Hub:
                 params.getlist("filter"),
                 params.get("full") in _TRUE,
                 params.get("cardData") in _TRUE,
-                int(limit) if limit.isdigit() else None,
+                _natural(params.get("limit", "")),
             )
         )
 
@@ -396,29 +450,25 @@ class _Hub:
         return items[:limit] if limit else items
 
     def _card_data(self, commit: Commit) -> dict[str, Any] | None:
+        """The README's metadata; None without a README, or for one over the caps (then served without it)."""
         entry = commit.tree.get("README.md")
         content = self.store.read_blob(entry, MAX_CARD_BYTES) if entry else None
         if content is None:
             return None
         try:
             return _card_metadata(content.decode("utf-8", errors="replace"))
-        except ValueError:
+        except CheckpointError as error:
+            _logger.debug("README.md of commit %s served without metadata: %s", commit.oid, error)
             return None
 
 
 def _card_metadata(content: str) -> dict[str, Any]:
-    """The YAML metadata of a README, as the Hub parses it.
+    """The YAML metadata of a README, parsed within caps, then normalised as the Hub does (``ModelCardData``).
 
     Raises:
-        ValueError: the YAML block is malformed.
+        CheckpointError: the block is malformed or breaks a cap.
     """
-    import yaml
-    from huggingface_hub import RepoCard
-
-    try:
-        return RepoCard(content, ignore_metadata_errors=True).data.to_dict()
-    except yaml.YAMLError as error:
-        raise ValueError(f"README.md metadata is not valid YAML: {error}") from error
+    return parse_card_data(content).to_dict()
 
 
 def _tree_entries(commit: Commit, path: str, recursive: bool) -> list[dict[str, Any]]:
@@ -461,11 +511,28 @@ async def _json_body(request: Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise StoreError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError:
-        raise StoreError(400, "request body is not JSON") from None
+        raise StoreError(400, "request body is not JSON (UTF-8)") from None
     if not isinstance(data, dict):
         raise StoreError(400, "request body must be a JSON object")
+    if _json_depth(data) > MAX_JSON_DEPTH:
+        raise StoreError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     return data
+
+
+def _json_depth(value: Any, level: int = 1) -> int:
+    """Nesting depth of parsed JSON, looking no deeper than one level past :data:`MAX_JSON_DEPTH`."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    if level > MAX_JSON_DEPTH:
+        return level
+    return max((_json_depth(child, level + 1) for child in children), default=level)
+
+
+def _natural(text: str) -> int | None:
+    """``text`` as a non-negative integer when it is one in ASCII digits, else None (``"²".isdigit()`` is True)."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _base_url(request: Request) -> str:
@@ -480,6 +547,8 @@ def _error_response(error: StoreError) -> JSONResponse:
         headers["X-Error-Code"] = error.code
     if error.commit:
         headers["X-Repo-Commit"] = error.commit
+    if error.status == 503:
+        headers["Retry-After"] = "1"
     return JSONResponse({"error": message}, status_code=error.status, headers=headers)
 
 

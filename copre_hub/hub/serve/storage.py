@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -129,6 +130,8 @@ def validate_file_path(path: object) -> str:
         reason = "absolute paths and backslashes are not allowed"
     elif any(part in ("", ".", "..") for part in parts):
         reason = "empty, '.' and '..' path parts are not allowed"
+    elif not _is_utf8(path):
+        reason = "it is not valid Unicode (a lone surrogate)"
     elif any(ord(ch) < 32 or ch == "\x7f" for ch in path) or any(len(part.encode()) > 255 for part in parts):
         reason = "control characters and parts over 255 bytes are not allowed"
     elif parts[0] == ".git":
@@ -136,6 +139,14 @@ def validate_file_path(path: object) -> str:
     if reason:
         raise StoreError(400, f"invalid file path {path!r}: {reason}")
     return path
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_ref_name(name: str) -> str:
@@ -222,16 +233,16 @@ class RepoStore:
 
     def write_blob(self, data: bytes) -> FileEntry:
         """Store ``data`` once under its sha256 (temporary file, fsync, rename) and describe it."""
-        entry = FileEntry(
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            oid=hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest(),
-        )
-        path = self.blob_path(entry)
-        if not path.exists():
-            path.parent.mkdir(exist_ok=True)
-            _write_atomic(path, data)
-        return entry
+        writer = self.open_blob()
+        try:
+            writer.write(data)
+            return writer.commit()
+        finally:
+            writer.discard()
+
+    def open_blob(self) -> BlobWriter:
+        """A writer that streams one blob to disk; :meth:`BlobWriter.commit` stores it under its sha256."""
+        return BlobWriter(self)
 
     def blob_path(self, entry: FileEntry) -> Path:
         """Where the content of ``entry`` is stored."""
@@ -380,6 +391,52 @@ class RepoStore:
             yield
         finally:
             os.close(fd)
+
+
+class BlobWriter:
+    """One blob being written: chunks go to a temporary file under ``tmp/`` while its sha256 is computed, so memory
+    holds one chunk whatever the blob's size. Not thread-safe; use it from one thread at a time."""
+
+    def __init__(self, store: RepoStore) -> None:
+        self._store = store
+        fd, name = tempfile.mkstemp(prefix="blob-", dir=store.root / "tmp")
+        self._file = os.fdopen(fd, "wb")
+        self._path = Path(name)
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` to the blob."""
+        self._file.write(data)
+        self._sha256.update(data)
+        self.size += len(data)
+
+    def commit(self) -> FileEntry:
+        """Store the blob under its sha256 (fsync, rename; a blob already stored is kept) and describe it."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        entry = FileEntry(sha256=self._sha256.hexdigest(), size=self.size, oid=self._git_oid())
+        path = self._store.blob_path(entry)
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            os.chmod(self._path, 0o644)
+            os.replace(self._path, path)
+            _fsync_dir(path.parent)
+        return entry
+
+    def discard(self) -> None:
+        """Drop the temporary file (a no-op after :meth:`commit`)."""
+        self._file.close()
+        self._path.unlink(missing_ok=True)
+
+    def _git_oid(self) -> str:
+        """The git blob id, ``sha1("blob <size>\\0" + content)``: its header needs the size, so the file is re-read."""
+        digest = hashlib.sha1(b"blob %d\0" % self.size, usedforsecurity=False)
+        with open(self._path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
 
 def _apply(tree: dict[str, FileEntry], operations: Iterable[Operation]) -> dict[str, FileEntry]:
