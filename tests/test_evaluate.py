@@ -156,6 +156,13 @@ def test_card_result_has_the_documented_shape(report) -> None:
     assert f"| same tasks from random | {random['mean_accuracy']:.2f} ± {random['mean_accuracy_std']:.2f} |" in str(
         card
     )
+    ours, theirs = entry(report, "a")["tasks"], entry(report, "random")["tasks"]
+    diffs = [a["mean_accuracy"] - b["mean_accuracy"] for a, b in zip(ours, theirs, strict=True)]
+    paired = result["baselines"][0]["paired"]["mean_accuracy"]
+    assert paired["mean"] == pytest.approx(sum(diffs) / 2) and paired["tasks"] == 2
+    assert f"vs random: accuracy {paired['mean']:+.2f} ± {paired['ci95']:.2f} (higher in {paired['higher']}/2" in str(
+        card
+    )
 
 
 def test_cli_evaluates_and_merges_into_the_checkpoint(checkpoint, tmp_path, capsys) -> None:

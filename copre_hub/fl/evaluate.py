@@ -524,8 +524,8 @@ def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
 
     ``client_accuracies`` pools every task's clients. ``protocol`` (the full downstream settings) is kept too,
     so a later merge of the same protocol replaces this entry instead of adding a second one. ``baselines`` holds
-    the summaries of the report's other initializations (e.g. random), which faced the same tasks, so the card can
-    show what this initialization gains over them.
+    the summaries of the report's other initializations (e.g. random), which faced the same tasks, and this
+    initialization's paired differences against each (``paired``), so the card can show what it gains over them.
 
     Raises:
         ConfigError: no initialization has that label.
@@ -547,9 +547,18 @@ def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
         "client_accuracies": [a for task in entry["tasks"] for a in task["client_accuracies"]],
         "protocol": protocol,
         "baselines": [
-            {"label": other["label"], **other["summary"]} for other in report["initializations"] if other is not entry
+            {"label": other["label"], **other["summary"], "paired": paired(entry, other)}
+            for other in report["initializations"]
+            if other is not entry
         ],
     }
+
+
+def paired(entry: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """``entry`` minus ``other`` task by task, per metric (:func:`copre_hub.fl.metrics.paired_difference`)."""
+    from copre_hub.fl.metrics import METRICS, paired_difference
+
+    return {m: paired_difference([t[m] for t in entry["tasks"]], [t[m] for t in other["tasks"]]) for m in METRICS}
 
 
 def merge_into_checkpoint(folder: str | Path, result: dict[str, Any]) -> Path:

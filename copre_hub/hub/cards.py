@@ -129,6 +129,7 @@ def build_model_card(
         rounds_recorded=len(record.get("rounds") or []),
         version_rows=[(key, _cell(value)) for key, value in (facts.get("versions") or {}).items()],
         result_rows=[row for evaluation in evaluations for row in _result_rows(evaluation)],
+        paired_lines=[line for evaluation in evaluations for line in _paired_lines(evaluation)],
         histograms=[
             (_setting(evaluation), _histogram(evaluation["client_accuracies"]))
             for evaluation in evaluations
@@ -351,6 +352,24 @@ def _result_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
     for baseline in evaluation.get("baselines") or []:
         rows.append(_metric_cells(_cell(f"same tasks from {baseline.get('label', '?')}"), baseline))
     return rows
+
+
+def _paired_lines(evaluation: dict[str, Any]) -> list[str]:
+    """One line per baseline with paired differences: accuracy, variance and the lowest 10%, and tasks won."""
+    lines = []
+    for baseline in evaluation.get("baselines") or []:
+        paired = baseline.get("paired") or {}
+        if "mean_accuracy" not in paired:
+            continue
+        parts = []
+        for key, name, better in (("mean_accuracy", "accuracy", "higher"), ("variance", "variance", "lower")):
+            d = paired[key]
+            won = d["higher"] if better == "higher" else d["tasks"] - d["higher"]
+            parts.append(f"{name} {d['mean']:+.2f} ± {d['ci95']:.2f} ({better} in {won}/{d['tasks']} tasks)")
+        if "lowest_10" in paired:
+            parts.append(f"lowest 10% {paired['lowest_10']['mean']:+.2f} ± {paired['lowest_10']['ci95']:.2f}")
+        lines.append(f"{_setting(evaluation)} vs {_cell(baseline.get('label', '?'))}: " + "; ".join(parts))
+    return lines
 
 
 def _metric_cells(setting: str, metrics: dict[str, Any]) -> dict[str, str]:
