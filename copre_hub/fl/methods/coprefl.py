@@ -103,9 +103,7 @@ class CoPreFL(Method):
         sim.flat.params.sub_(meta_grad.to(sim.flat.params.dtype), alpha=self.meta_lr)
         return self.meta_metrics(losses)
 
-    def meta_gradient_(
-        self, losses: torch.Tensor, grad_sum: torch.Tensor, loss_grad_sum: torch.Tensor
-    ) -> torch.Tensor:
+    def meta_gradient_(self, losses: torch.Tensor, grad_sum: torch.Tensor, loss_grad_sum: torch.Tensor) -> torch.Tensor:
         """∇L_meta at Φ̄ from the |m| query losses L_j, G1 = Σ g_j and G2 = Σ L_j g_j (see the module docstring).
 
         Built in place in ``loss_grad_sum`` (no model-sized temporaries) and returned; ``grad_sum`` is unchanged.
