@@ -11,8 +11,8 @@ Importing this package imports flwr and torch.
 
 from __future__ import annotations
 
-from copre_hub.flower.client import LocalData, pretraining_client_app
+from copre_hub.flower.client import LocalData, build_model, pretraining_client_app
 from copre_hub.flower.messages import FederationError, Job
 from copre_hub.flower.strategy import PreTraining
 
-__all__ = ["FederationError", "Job", "LocalData", "PreTraining", "pretraining_client_app"]
+__all__ = ["FederationError", "Job", "LocalData", "PreTraining", "build_model", "pretraining_client_app"]

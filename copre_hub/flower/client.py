@@ -135,7 +135,7 @@ def pretraining_client_app(load_data: DataLoader) -> ClientApp:
         model = models[spec]
         load_arrays_(model, msg.content[ARRAYS])
         view = held[key].as_client(client, job.num_clients, job.model["num_classes"])
-        return Simulation(model, view), job, client
+        return Simulation(model, view, augment=job.augment), job, client
 
     @app.query("identify")
     def identify(msg: Message, context: Context) -> Message:

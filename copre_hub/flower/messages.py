@@ -40,7 +40,8 @@ class FederationError(CopreHubError, RuntimeError):
 @dataclass(frozen=True)
 class Job:
     """What every message of a round tells a client: the method and its settings, the model to build, the run's
-    seed, the round (0-based, as the engine counts) and the number of clients in the federation.
+    seed, the round (0-based, as the engine counts), the number of clients in the federation and whether local
+    training augments its batches (random crop and flip, the recipe's ``data.augment``).
 
     ``model`` is ``{"architecture": ..., "model_args": {...}, "num_classes": ...}``: a client builds the timm
     architecture from it without weights and takes the weights from the message.
@@ -51,6 +52,7 @@ class Job:
     seed: int
     round: int
     num_clients: int
+    augment: bool = False
 
     def to_config(self) -> ConfigRecord:
         """The job as a Flower ``ConfigRecord`` (with Flower's own ``server-round``, 1-based)."""
@@ -61,6 +63,7 @@ class Job:
                 "model": json.dumps(self.model),
                 "seed": self.seed,
                 "num-clients": self.num_clients,
+                "augment": self.augment,
             }
         )
 
@@ -78,6 +81,7 @@ class Job:
             seed=int(config["seed"]),
             round=int(config["server-round"]) - 1,
             num_clients=int(config["num-clients"]),
+            augment=bool(config["augment"]),
         )
 
 

@@ -63,6 +63,7 @@ class PreTraining(FedAvg):
             0..M-1.
         seed: the run seed that keys every draw, as in the engine.
         server_data: the server's own data D^s; Scenario II needs it.
+        augment: random crop and flip in local training (and the server's), the recipe's ``data.augment``.
         on_round: called after each round with (round, metrics), like the engine's ``on_round``.
         timeout: seconds to wait for the replies of one message phase.
 
@@ -86,6 +87,7 @@ class PreTraining(FedAvg):
         model_args: dict | None = None,
         seed: int = 0,
         server_data: LocalData | None = None,
+        augment: bool = False,
         on_round: RoundCallback | None = None,
         timeout: float = 3600.0,
     ) -> None:
@@ -105,7 +107,7 @@ class PreTraining(FedAvg):
             "num_classes": int(model.num_classes),
         }
         server = server_data or LocalData(torch.empty(0, 1, 1, 1), torch.empty(0, dtype=torch.int64))
-        self.sim = Simulation(model, server.as_server(num_clients, int(model.num_classes)))
+        self.sim = Simulation(model, server.as_server(num_clients, int(model.num_classes)), augment=augment)
         self.on_round = on_round
         self.timeout = timeout
         self.history: list[dict] = []
@@ -225,7 +227,8 @@ class PreTraining(FedAvg):
         return self._nodes
 
     def _config(self, server_round: int, base: ConfigRecord | None = None) -> ConfigRecord:
-        job = Job(self.method, self.model_spec, self.seed, server_round - 1, self.num_clients).to_config()
+        job = Job(self.method, self.model_spec, self.seed, server_round - 1, self.num_clients, self.sim.augment)
+        job = job.to_config()
         merged = ConfigRecord(dict(base or {}))
         for key, value in job.items():
             merged[key] = value

@@ -1,0 +1,132 @@
+"""The Flower Apps in examples/ run the way Flower users run apps: ``flwr run .`` (flwr >= 1.42).
+
+``flwr run`` starts a local SuperLink of its own (a detached process) on the default local simulation federation
+(2 SuperNodes). Each test gives it a temporary ``FLWR_HOME`` and free ports, and stops that SuperLink afterwards.
+Runtime dependency installation stays on: the apps list no copre-hub dependency, so they use this environment's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("flwr.simulation", reason="needs flwr: pip install 'copre-hub[flower]'")
+pytest.importorskip("ray", reason="Flower's simulation runtime needs ray: pip install 'flwr[simulation]'")
+
+import copre_hub
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+BIN = Path(sys.executable).parent  # flwr, flower-superlink and flower-supernode of this environment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of this machine's processes whose command line contains ``text`` (a path unique to one test)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.fixture
+def flwr_env(tmp_path: Path):
+    """Environment for ``flwr``: a temporary FLWR_HOME, free local-SuperLink ports, this venv's tools on PATH."""
+    home = tmp_path / "flwr-home"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    yield env
+    for pid in processes_mentioning(str(home)):  # the SuperLink `flwr run` started, found by its log path
+        os.kill(pid, signal.SIGTERM)
+
+
+def flwr_run(app: Path, env: dict, *args: str, timeout: int = 600) -> str:
+    """``flwr run <app> --stream ...``; returns its output, failing the test with it on a non-zero exit."""
+    done = subprocess.run(
+        [str(BIN / "flwr"), "run", str(app), *args, "--stream"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    return output
+
+
+def test_flower_app_runs_from_a_checkpoint_with_flwr_run(data_dir, tiny_checkpoint, tmp_path, flwr_env) -> None:
+    _, init = tiny_checkpoint
+    out = tmp_path / "final"
+    overrides = (
+        f"model-id='{init}' num-classes=3 num-server-rounds=1 fraction-train=0.5 local-steps=2 lr=0.05 "
+        f"output-dir='{out}'"
+    )
+    log = flwr_run(EXAMPLES / "flower-app", flwr_env, "--run-config", overrides)
+
+    assert "[ROUND 1/1]" in log and "[ROUND 2/" not in log  # num-server-rounds honoured
+    assert "Sampled 1 nodes (out of 2)" in log  # fraction-train 0.5 of the default federation's 2 nodes
+    config = json.loads((out / "config.json").read_text())
+    assert config["copre_hub"]["derived_from"] == str(init)
+    assert config["copre_hub"]["downstream"] | {"final_metrics": None} == {
+        "framework": "flower",
+        "algorithm": "fedavg",
+        "rounds": 1,
+        "fraction_train": 0.5,
+        "local_steps": 2,
+        "lr": 0.05,
+        "classes": "80-82",
+        "final_metrics": None,
+    }
+    assert 0.0 <= config["copre_hub"]["downstream"]["final_metrics"]["eval_acc"] <= 1.0
+    final = copre_hub.load(out)  # a verified checkpoint with the task's 3-way head, ready for push
+    started = copre_hub.load(init, num_classes=3)
+    assert final.fc.weight.shape[0] == 3
+    before, after = started.state_dict(), final.state_dict()
+    assert any(not torch.equal(after[n], before[n]) for n in before if not n.startswith("fc."))  # it trained
+
+
+@pytest.mark.slow
+def test_flower_pretraining_app_ends_with_the_engines_checkpoint(data_dir, tmp_path, flwr_env) -> None:
+    from safetensors.torch import load_file
+
+    from copre_hub.fl.pretrain import pretrain
+    from copre_hub.fl.recipe import apply_override, recipe_from_dict
+
+    app = EXAMPLES / "flower-pretrain"
+    overrides = ["method.rounds=1", "method.local_steps=2"]  # keys of the app's run config
+    log = flwr_run(app, flwr_env, "--run-config", " ".join([*overrides, f"output-dir='{tmp_path / 'flower'}'"]))
+    assert "configure_train: clients [0, 1]" in log
+
+    raw = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    raw.pop("output-dir")
+    for item in overrides:
+        apply_override(raw, item)
+    engine = pretrain(recipe_from_dict(raw), tmp_path / "engine", progress=False)  # the same recipe, in the engine
+    flower_weights = load_file(tmp_path / "flower" / "model.safetensors")
+    for name, tensor in load_file(engine / "model.safetensors").items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(flower_weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
