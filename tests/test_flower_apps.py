@@ -2,7 +2,8 @@
 
 ``flwr run`` starts a local SuperLink of its own (a detached process) on the default local simulation federation
 (2 SuperNodes). Each test gives it a temporary ``FLWR_HOME`` and free ports, and stops that SuperLink afterwards.
-Runtime dependency installation stays on: the apps list no copre-hub dependency, so they use this environment's.
+Flower's runtime dependency installation is off (``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``): the apps run
+in this environment, which has copre-hub, and need no package index.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def flwr_env(tmp_path: Path):
         "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "OMP_NUM_THREADS": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     }
     yield env
     for pid in processes_mentioning(str(home)):  # the SuperLink `flwr run` started, found by its log path
@@ -130,3 +132,35 @@ def test_flower_pretraining_app_ends_with_the_engines_checkpoint(data_dir, tmp_p
     for name, tensor in load_file(engine / "model.safetensors").items():
         if tensor.is_floating_point():
             torch.testing.assert_close(flower_weights[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_flower_pretraining_on_a_superlink_with_two_supernodes(data_dir, tmp_path, flwr_env) -> None:
+    """The README's deployment on loopback: one SuperLink, two SuperNodes (each told its partition), ``flwr run``."""
+    port = free_port()
+    home = Path(flwr_env["FLWR_HOME"])
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    superlink = [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port)]
+    started = [subprocess.Popen([*superlink, "--database", str(tmp_path / "state.db")], env=flwr_env)]
+    try:
+        for client in range(2):
+            supernode = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}"]
+            node_config = f"partition-id={client} num-partitions=2"
+            started.append(
+                subprocess.Popen([*supernode, "--port", str(free_port()), "--node-config", node_config], env=flwr_env)
+            )
+        out = tmp_path / "deployed"
+        overrides = f"method.rounds=1 method.local_steps=2 output-dir='{out}'"
+        log = flwr_run(EXAMPLES / "flower-pretrain", flwr_env, "loopback", "--run-config", overrides)
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            process.wait(timeout=30)
+    assert "configure_train: clients [0, 1]" in log
+    config = json.loads((out / "config.json").read_text())
+    assert config["copre_hub"]["trained_with"] == "flower" and config["copre_hub"]["method"] == "coprefl"
+    assert copre_hub.load(out).num_classes == 80  # CIFAR-100's pre-training classes

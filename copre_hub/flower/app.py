@@ -22,7 +22,6 @@ from typing import Any
 import flwr
 from flwr.app import Context
 from flwr.common import log
-from flwr.common.config import unflatten_dict
 from flwr.serverapp import Grid, ServerApp
 
 from copre_hub.fl.data import load_image_data
@@ -43,8 +42,15 @@ def recipe_of(context: Context) -> Recipe:
     Raises:
         ConfigError: an unknown key or an invalid value, as for a recipe file.
     """
-    raw = {key: value for key, value in context.run_config.items() if key != OUTPUT_DIR}
-    return recipe_from_dict(unflatten_dict(raw))
+    raw: dict[str, Any] = {}
+    for key, value in context.run_config.items():  # Flower's flat "method.rounds" keys back into tables
+        if key != OUTPUT_DIR:
+            *tables, leaf = key.split(".")
+            node = raw
+            for table in tables:
+                node = node.setdefault(table, {})
+            node[leaf] = value
+    return recipe_from_dict(raw)
 
 
 def own_data(context: Context) -> LocalData:
