@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,8 @@ pytest.importorskip("ray", reason="Flower's simulation runtime needs ray: pip in
 
 import copre_hub
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
 BIN = Path(sys.executable).parent  # flwr, flower-superlink and flower-supernode of this environment
 
 
@@ -109,6 +112,50 @@ def test_flower_app_runs_from_a_checkpoint_with_flwr_run(data_dir, tiny_checkpoi
     assert final.fc.weight.shape[0] == 3
     before, after = started.state_dict(), final.state_dict()
     assert any(not torch.equal(after[n], before[n]) for n in before if not n.startswith("fc."))  # it trained
+
+
+def test_a_flower_app_takes_copre_hub_as_a_direct_reference_to_its_wheel(tmp_path, flwr_env) -> None:
+    """examples/README.md's way: build the wheel, name it in the app's dependencies; Flower bundles the app with it
+    and uv (what Flower installs app dependencies with) installs copre-hub from it, with no package index."""
+    dist = tmp_path / "dist"
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(dist),
+        str(REPO),
+    ]
+    subprocess.run(build, check=True, capture_output=True)
+    (wheel,) = dist.glob("copre_hub-*.whl")
+    app = shutil.copytree(EXAMPLES / "flower-app", tmp_path / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    reference = f"copre-hub @ {wheel.as_uri()}"
+    pyproject = app / "pyproject.toml"
+    text = pyproject.read_text()
+    pyproject.write_text(text.replace('"flwr[simulation]>=1.42",', f'"flwr[simulation]>=1.42",\n    "{reference}",', 1))
+
+    subprocess.run([str(BIN / "flwr"), "build", "--app", str(app)], cwd=tmp_path, env=flwr_env, check=True)
+    (fab,) = tmp_path.glob("*.fab")
+    with zipfile.ZipFile(fab) as bundle:
+        bundled = tomllib.loads(bundle.read("pyproject.toml").decode())["project"]["dependencies"]
+    assert reference in bundled
+    install = [
+        sys.executable,
+        "-m",
+        "uv",
+        "pip",
+        "install",
+        "--offline",
+        "--no-deps",
+        "--target",
+        str(tmp_path / "env"),
+    ]
+    subprocess.run([*install, reference], check=True, capture_output=True)
+    assert (tmp_path / "env" / "copre_hub" / "flower" / "app.py").is_file()
 
 
 @pytest.mark.slow
