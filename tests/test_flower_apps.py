@@ -130,7 +130,12 @@ def test_a_flower_app_takes_copre_hub_as_a_direct_reference_to_its_wheel(tmp_pat
         str(dist),
         str(REPO),
     ]
-    subprocess.run(build, check=True, capture_output=True)
+    scratch = not (REPO / "build").exists()  # setuptools builds in the source tree; leave it as it was
+    try:
+        subprocess.run(build, check=True, capture_output=True)
+    finally:
+        if scratch:
+            shutil.rmtree(REPO / "build", ignore_errors=True)
     (wheel,) = dist.glob("copre_hub-*.whl")
     app = shutil.copytree(EXAMPLES / "flower-app", tmp_path / "app", ignore=shutil.ignore_patterns("__pycache__"))
     reference = f"copre-hub @ {wheel.as_uri()}"
