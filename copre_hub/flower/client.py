@@ -35,7 +35,7 @@ from copre_hub.flower.messages import (
     vector_arrays,
 )
 
-DataLoader = Callable[[Context], "LocalData"]
+LoadData = Callable[[Context], "LocalData"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def build_model(spec: dict) -> torch.nn.Module:
     )
 
 
-def pretraining_client_app(load_data: DataLoader) -> ClientApp:
+def pretraining_client_app(load_data: LoadData) -> ClientApp:
     """A ``ClientApp`` that runs a copre-hub pre-training method's client steps on this node's own data.
 
     Args:
