@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +17,7 @@ from copre_hub.hub.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-TESTED = {"fedavg_pytorch", "flower_app", "export_state_dict", "retrain_and_push"}
+TESTED = {"fedavg_pytorch", "export_state_dict", "retrain_and_push"}  # the Flower Apps: tests/test_flower_apps.py
 TASK_CLASSES = 5  # the examples' downstream task: CIFAR-100 classes 80-84
 
 
@@ -49,57 +48,6 @@ def test_fedavg_pytorch_runs_a_federation_from_a_checkpoint(data_dir, tiny_check
     )
     assert len(accuracies) == 2 and all(0.0 <= a <= 100.0 for a in accuracies)
     assert "lowest 10%" in capsys.readouterr().out
-
-
-# -- Flower -----------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def flower(data_dir, tiny_checkpoint):
-    """The Flower example, its settings for a 2-client federation from the tiny checkpoint, and the checkpoint."""
-    pytest.importorskip("flwr", reason="the Flower example needs flwr: pip install 'copre-hub[flower]'")
-    app = example("flower_app")
-    _, folder = tiny_checkpoint
-    settings = app.Settings(model=str(folder), data_dir=str(data_dir), clients=2, rounds=1)
-    return app, settings, folder
-
-
-def test_flower_initial_arrays_are_the_checkpoint_backbone_with_a_fresh_head(flower) -> None:
-    from flwr.app import ArrayRecord
-
-    app, settings, folder = flower
-    state = app.initial_arrays(settings).to_torch_state_dict()
-    stored = load_file(folder / "model.safetensors")
-    assert backbone(state).keys() == backbone(stored).keys()
-    assert all(torch.equal(state[name], stored[name]) for name in backbone(stored))
-    assert state["fc.weight"].shape[0] == TASK_CLASSES
-    # the conversion the apps rely on, both ways
-    again = ArrayRecord(state).to_torch_state_dict()
-    assert again.keys() == state.keys() and all(torch.equal(again[name], state[name]) for name in state)
-
-
-def test_flower_client_app_trains_and_evaluates_one_round_without_ray(flower) -> None:
-    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-
-    app, settings, _ = flower
-    client = app.make_client_app(settings)
-    context = Context(
-        run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(), run_config={}
-    )
-    arrays = app.initial_arrays(settings)
-    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"lr": 0.05})})
-    reply = client(Message(content, dst_node_id=1, message_type=MessageType.TRAIN), context)
-
-    metrics = reply.content["metrics"]
-    assert metrics["num-examples"] > 0 and math.isfinite(metrics["train_loss"])
-    before, after = arrays.to_torch_state_dict(), reply.content["arrays"].to_torch_state_dict()
-    assert after.keys() == before.keys()
-    assert not torch.equal(after["fc.weight"], before["fc.weight"])  # it trained
-
-    content = RecordDict({"arrays": reply.content["arrays"], "config": ConfigRecord({})})
-    scores = client(Message(content, dst_node_id=1, message_type=MessageType.EVALUATE), context).content["metrics"]
-    assert 0.0 <= scores["eval_acc"] <= 1.0 and scores["num-examples"] > 0
-    assert isinstance(app.server_app, type(app.make_server_app(settings)))
 
 
 # -- export for NVFlare / FL-bench ------------------------------------------------------------------------------------

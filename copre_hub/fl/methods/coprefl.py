@@ -98,17 +98,30 @@ class CoPreFL(Method):
         acc.reduce_(sim.processes)
 
         losses = acc["losses"]
-        mean = losses.mean()
-        variance = ((losses - mean) ** 2).mean()
-        scale = 1.0 if self.reduction == "sum" else 1.0 / m
-        # ∇L_meta = γ·scale·G1 + (1 − γ)(2/m)(G2 − L̄·G1), built in place in G2's slice (no model-sized temporaries)
-        meta_grad = acc["lg"].sub_(acc["g"], alpha=float(mean)).mul_((1 - self.gamma) * 2 / m)
-        meta_grad.add_(acc["g"], alpha=self.gamma * scale)
+        meta_grad = self.meta_gradient_(losses, acc["g"], acc["lg"])
         if self.second_order:
             meta_grad = self.through_local_updates(sim, round_start, seed, t, participants, meta_grad)
         sim.restore()
         sim.flat.params.sub_(meta_grad.to(sim.flat.params.dtype), alpha=self.meta_lr)
-        summed = losses.sum() * scale
+        return self.meta_metrics(losses)
+
+    def meta_gradient_(self, losses: torch.Tensor, grad_sum: torch.Tensor, loss_grad_sum: torch.Tensor) -> torch.Tensor:
+        """∇L_meta at Φ̄ from the |m| query losses L_j, G1 = Σ g_j and G2 = Σ L_j g_j (see the module docstring).
+
+        Built in place in ``loss_grad_sum`` (no model-sized temporaries) and returned; ``grad_sum`` is unchanged.
+        Pure arithmetic on its arguments, so the engine and a Flower server (``copre_hub.flower``) share it.
+        """
+        m = losses.numel()
+        scale = 1.0 if self.reduction == "sum" else 1.0 / m
+        # ∇L_meta = γ·scale·G1 + (1 − γ)(2/m)(G2 − L̄·G1)
+        meta_grad = loss_grad_sum.sub_(grad_sum, alpha=float(losses.mean())).mul_((1 - self.gamma) * 2 / m)
+        return meta_grad.add_(grad_sum, alpha=self.gamma * scale)
+
+    def meta_metrics(self, losses: torch.Tensor) -> dict[str, float]:
+        """The round's query-loss mean and population variance, and L_meta (eq. 4), from the |m| query losses."""
+        mean = losses.mean()
+        variance = ((losses - mean) ** 2).mean()
+        summed = losses.sum() * (1.0 if self.reduction == "sum" else 1.0 / losses.numel())
         return {
             "query_loss_mean": float(mean),
             "query_loss_var": float(variance),
