@@ -63,10 +63,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     if args.data_dir:
         os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
-    overrides = [
-        f"{key}={_toml(value)}" for _, key, _, _ in _SHORTHANDS if (value := getattr(args, f"short_{key}")) is not None
-    ]
-    raw = _recipe_data(args, overrides)
+    raw = _recipe_data(args)
     output = args.output or Path("runs") / str(raw.get("name") or "pretrain")
     _check_data_source(raw.get("data"))
     # Only now the heavy imports (torch, timm, accelerate): every check above costs a fraction of a second.
@@ -87,9 +84,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe_data(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
-    """The recipe as plain data with the overrides applied: from the file, else (``--resume``) the one stored in
-    the run folder, else from flags that name a whole setup.
+def _recipe_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe as plain data with the shorthand flags and ``--set`` applied: from the file, else (``--resume``)
+    the one stored in the run folder, else from flags that name a whole setup.
 
     Raises:
         ConfigError: no recipe and nothing to take one from; the message lists ``training/recipes/``.
@@ -104,7 +101,10 @@ def _recipe_data(args: argparse.Namespace, overrides: list[str]) -> dict[str, An
         raw = stored_recipe(args.output)
     else:
         raw = {}
-    for item in [*overrides, *args.overrides]:
+    shorthands = [
+        f"{key}={_toml(value)}" for _, key, _, _ in _SHORTHANDS if (value := getattr(args, f"short_{key}")) is not None
+    ]
+    for item in [*shorthands, *args.overrides]:
         apply_override(raw, item)
     if args.recipe is None and not args.resume:
         missing = [flag for flag, key in _SETUP_FLAGS if not _has(raw, key)]
