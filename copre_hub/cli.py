@@ -7,9 +7,10 @@ arguments (argparse's usage dump is replaced by one line pointing at ``--help``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from copre_hub import __version__
@@ -68,6 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = str(interrupt)
         print(f"copre-hub: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def only_our_progress_bars() -> Iterator[None]:
+    """Turn huggingface_hub's (downloads, uploads, hf_xet) and datasets' progress bars off for the block."""
+    import datasets
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hub_was_off, datasets_was_on = are_progress_bars_disabled(), datasets.is_progress_bar_enabled()
+    disable_progress_bars()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not hub_was_off:
+            enable_progress_bars()
+        if datasets_was_on:
+            datasets.enable_progress_bars()
 
 
 def _silence_stdout() -> None:

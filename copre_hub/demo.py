@@ -179,6 +179,7 @@ def run_demo(
         OutputError: ``output`` cannot be written.
         ResumeError: ``output`` holds a pre-training run of other settings under the same name.
     """
+    from copre_hub.cli import only_our_progress_bars
     from copre_hub.fl.data import resolve_source
     from copre_hub.fl.evaluate import format_table, write_report
 
@@ -211,24 +212,6 @@ def check_output_folder(output: Path) -> None:
     blocker = next((path for path in (output, *output.absolute().parents) if path.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise OutputError(f"-o {output}: {blocker} is a file; give a folder for the demo's output.")
-
-
-@contextlib.contextmanager
-def only_our_progress_bars() -> Iterator[None]:
-    """Turn huggingface_hub's (downloads, uploads, hf_xet) and datasets' progress bars off for the block."""
-    import datasets
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    hub_was_off, datasets_was_on = are_progress_bars_disabled(), datasets.is_progress_bar_enabled()
-    disable_progress_bars()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not hub_was_off:
-            enable_progress_bars()
-        if datasets_was_on:
-            datasets.enable_progress_bars()
 
 
 @contextlib.contextmanager

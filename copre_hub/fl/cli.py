@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -69,12 +70,14 @@ def _pretrain(args: argparse.Namespace) -> int:
     # Only now the heavy imports (torch, timm, accelerate): every check above costs a fraction of a second.
     from accelerate import PartialState
 
+    from copre_hub.cli import only_our_progress_bars
     from copre_hub.fl.pretrain import pretrain
     from copre_hub.fl.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(raw)
     try:
-        folder = pretrain(recipe, output, resume=args.resume, progress=not args.quiet)
+        with only_our_progress_bars() if args.quiet else contextlib.nullcontext():
+            folder = pretrain(recipe, output, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(_how_to_continue(output)) from None
     if PartialState().is_main_process:  # once, not once per launched process
@@ -250,6 +253,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # Only now the heavy imports (torch, timm): every check above costs a fraction of a second.
     import torch
 
+    from copre_hub.cli import only_our_progress_bars
     from copre_hub.fl.data import DataConfig
     from copre_hub.fl.distributed import Processes
     from copre_hub.fl.evaluate import evaluate, format_table, write_report
@@ -262,15 +266,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        report = evaluate(
-            args.sources,
-            settings,
-            data,
-            architecture=args.arch,
-            processes=Processes(device=torch.device(device)),
-            progress=not args.quiet,
-            cache_dir=args.output / "cache",
-        )
+        with only_our_progress_bars() if args.quiet else contextlib.nullcontext():
+            report = evaluate(
+                args.sources,
+                settings,
+                data,
+                architecture=args.arch,
+                processes=Processes(device=torch.device(device)),
+                progress=not args.quiet,
+                cache_dir=args.output / "cache",
+            )
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"finished tasks are kept in {args.output / 'cache'}: run the same command again to continue."
