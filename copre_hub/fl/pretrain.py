@@ -168,7 +168,6 @@ def _train(
     folder = out / CHECKPOINT_DIR
     if processes.is_main:
         record.update(rounds=history, status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        record.pop("saved_round", None)
         _io.atomic_write_json(out / RECORD_NAME, record)
         save_run_checkpoint(prepared, sim, folder, record)
     processes.barrier()
