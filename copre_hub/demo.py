@@ -343,5 +343,10 @@ def _demo(args: argparse.Namespace) -> int:
     if args.data_dir:
         os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
     resolve_source(DataConfig(dataset="cifar100"))
-    run_demo(SIZES[args.size], args.output, progress=not args.quiet)
+    try:
+        run_demo(SIZES[args.size], args.output, progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"the rounds saved in {args.output / 'runs'} are kept: run the same command again to continue."
+        ) from None
     return 0
