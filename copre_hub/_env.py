@@ -2,8 +2,8 @@
 
 =========================  ==========================================================================================
 ``COPRE_HUB_DATA``         folder holding local copies of known datasets (``cifar100/``, ``femnist/``, ...); when a
-                           recipe names a known dataset without a path, ``$COPRE_HUB_DATA/<name>`` is used if present,
-                           otherwise the dataset is fetched from the Hugging Face Hub by id.
+                           recipe names a known dataset without a path, ``$COPRE_HUB_DATA/<name>`` is used (an error
+                           if it does not hold the dataset); unset, the dataset is fetched from the Hub by id.
 ``COPRE_HUB_ORG``          organisation that short model ids resolve under (default ``copre-hub``).
 ``COPRE_HUB_CACHE``        where decoded dataset tensors are cached (default ``~/.cache/copre_hub``).
 ``HF_ENDPOINT``            Hub endpoint (default ``https://huggingface.co``), e.g. a ``copre-hub serve`` address.

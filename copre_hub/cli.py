@@ -1,16 +1,33 @@
 """The ``copre-hub`` command: one verb per concern, each registered by the part of the package that owns it.
 
-User mistakes surface as one line on stderr and exit status 2, never a traceback.
+User mistakes surface as one line on stderr and exit status 2, never a traceback: the package's own errors, bad
+arguments (argparse's usage dump is replaced by one line pointing at ``--help``), and a closed output pipe.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from copre_hub import __version__
 from copre_hub.errors import CopreHubError
+
+USAGE_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (``copre-hub VERB: error: ...``) and exit 2.
+
+    argparse prints the whole usage block before the error; one line naming the problem and ``--help`` is what
+    every other copre-hub mistake prints, so bad flags read the same.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from copre_hub.fl import cli as fl_cli
     from copre_hub.hub import cli as hub_cli
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="copre-hub",
         description="Train, publish and load CoPreFL initializations for federated learning.",
     )
@@ -32,16 +49,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit status."""
+    """Entry point of the console script; returns the process exit status.
+
+    A ``KeyboardInterrupt`` carrying a message (a verb's way to say how to continue) prints that message.
+    """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        status = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here at the latest, while we can still report it
+        return status
     except CopreHubError as error:
         print(f"copre-hub: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("copre-hub: interrupted", file=sys.stderr)
+        return USAGE_ERROR
+    except BrokenPipeError:
+        _silence_stdout()
+        print("copre-hub: error: the output was closed before it was all written (e.g. by `| head`).", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt as interrupt:
+        hint = str(interrupt)
+        print(f"copre-hub: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def only_our_progress_bars() -> Iterator[None]:
+    """Turn huggingface_hub's (downloads, uploads, hf_xet) and datasets' progress bars off for the block."""
+    import datasets
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hub_was_off, datasets_was_on = are_progress_bars_disabled(), datasets.is_progress_bar_enabled()
+    disable_progress_bars()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not hub_was_off:
+            enable_progress_bars()
+        if datasets_was_on:
+            datasets.enable_progress_bars()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe raises nothing (Python docs,
+    "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

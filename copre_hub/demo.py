@@ -14,8 +14,9 @@ The endpoint is stopped at the end. Everything lands in the output folder (defau
     results.json            the downstream comparison (format of `copre-hub evaluate`)
     client_accuracies.png   per-client test accuracy, one panel per initialization
 
-CIFAR-100 is read from ``$COPRE_HUB_DATA/cifar100`` (``--data-dir``) when present, else from the Hub. The Hub
-cache used for the pull is a temporary folder, so the user's own cache is never touched.
+CIFAR-100 is read from ``$COPRE_HUB_DATA/cifar100`` (``--data-dir``) when that is set, else from the Hub. The Hub
+cache used for the pull is a temporary folder, so the user's own cache is never touched. The only progress bars are
+copre-hub's own (pre-training rounds, downstream rounds): those of huggingface_hub and datasets are off meanwhile.
 """
 
 from __future__ import annotations
@@ -173,26 +174,44 @@ def run_demo(
     ``HF_HUB_OFFLINE``) are restored when it returns.
 
     Raises:
-        DatasetNotFoundError: CIFAR-100 is neither under ``$COPRE_HUB_DATA`` nor reachable on the Hub.
+        DatasetNotFoundError: ``$COPRE_HUB_DATA`` is set but holds no ``cifar100/``, or it is unset and the Hub
+            cannot be reached (checked before anything is written).
         OutputError: ``output`` cannot be written.
         ResumeError: ``output`` holds a pre-training run of other settings under the same name.
     """
-    from copre_hub.fl.evaluate import write_report
+    from copre_hub.cli import only_our_progress_bars
+    from copre_hub.fl.data import resolve_source
+    from copre_hub.fl.evaluate import format_table, write_report
 
     output = Path(output)
+    check_output_folder(output)
+    resolve_source(settings.recipe().data)
     repo_id = f"{DEMO_ORG}/{settings.name}"
     storage = output / "hub"
-    with local_hub(storage) as endpoint:
+    with local_hub(storage) as endpoint, only_our_progress_bars():
         say(f"[1/5] local Hub endpoint {endpoint} (storage {storage}; stopped at the end)")
         checkpoint = pretrain_initialization(settings, output / "runs" / settings.name, progress)
         commit = publish(checkpoint, repo_id)
         weights_match = reload_matches(repo_id, checkpoint)
         report = compare(repo_id, settings, progress)
     results, plot = write_report(report, output)
-    say(comparison_table(report))
+    say("\n" + format_table(report))
     say(f"\nresults: {results}\nplot: {plot}\ncheckpoint: {checkpoint}")
     say(f"pushed as {repo_id}; serve it again with: copre-hub serve --storage {storage}")
     return DemoResult(endpoint, storage, repo_id, commit, checkpoint, weights_match, report, results, plot)
+
+
+def check_output_folder(output: Path) -> None:
+    """Refuse an output that is a file, or lies under one, before anything is written.
+
+    Raises:
+        OutputError: naming the file in the way.
+    """
+    from copre_hub.errors import OutputError
+
+    blocker = next((path for path in (output, *output.absolute().parents) if path.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(f"-o {output}: {blocker} is a file; give a folder for the demo's output.")
 
 
 @contextlib.contextmanager
@@ -290,23 +309,6 @@ def compare(repo_id: str, settings: DemoSettings, progress: bool) -> dict[str, A
     return evaluate(["random", repo_id], cfg, labels=[RANDOM_LABEL, COPREFL_LABEL], progress=progress)
 
 
-def comparison_table(report: dict[str, Any]) -> str:
-    """The comparison as text: mean accuracy, variance and lowest 10% per initialization, then the differences."""
-    rows = [f"\n{'initialization':<16}{'mean acc (%)':>14}{'variance':>12}{'lowest 10% (%)':>16}"]
-    summaries = {entry["label"]: entry["summary"] for entry in report["initializations"]}
-    for label, summary in summaries.items():
-        rows.append(
-            f"{label:<16}{summary['mean_accuracy']:>14.2f}{summary['variance']:>12.2f}{summary['lowest_10']:>16.2f}"
-        )
-    ours, random = summaries[COPREFL_LABEL], summaries[RANDOM_LABEL]
-    rows.append(
-        f"CoPreFL vs random: {ours['mean_accuracy'] - random['mean_accuracy']:+.2f} points of mean accuracy, "
-        f"{ours['variance'] - random['variance']:+.2f} variance, "
-        f"{ours['lowest_10'] - random['lowest_10']:+.2f} points for the lowest 10%"
-    )
-    return "\n".join(rows)
-
-
 def say(text: str) -> None:
     """Print a demo line at once (progress bars share the terminal)."""
     print(text, flush=True)
@@ -335,7 +337,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from copre_hub.fl.data import DataConfig, resolve_source
+
+    check_output_folder(args.output)  # these two checks run before anything heavy is imported
     if args.data_dir:
         os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
-    run_demo(SIZES[args.size], args.output, progress=not args.quiet)
+    resolve_source(DataConfig(dataset="cifar100"))
+    try:
+        run_demo(SIZES[args.size], args.output, progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"the rounds saved in {args.output / 'runs'} are kept: run the same command again to continue."
+        ) from None
     return 0

@@ -51,6 +51,8 @@ def test_the_pushed_checkpoint_loads_back_with_the_same_weights(demo, tmp_path, 
         monkeypatch.setenv("HF_ENDPOINT", url)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
         loaded = copre_hub.load(result.repo_id).state_dict()
+        card = (copre_hub.pull(result.repo_id) / "README.md").read_text()
+    assert f'copre_hub.load("{result.repo_id}", num_classes=10)' in card  # the card names where it was pushed
     assert loaded.keys() == pushed.keys()
     assert all(torch.equal(loaded[name], pushed[name]) for name in pushed)
     assert (result.checkpoint / "README.md").read_text().startswith("---")  # the model card went with it

@@ -130,9 +130,15 @@ def test_cache_reuses_the_first_tasks_when_more_are_asked_for(checkpoint, tmp_pa
 
 def test_table_json_and_plot(report, tmp_path) -> None:
     table = format_table(report).splitlines()
-    assert table[0] == "| initialization | Acc | Var | L10 | L20 | L30 |" and len(table) == 5
-    summary = entry(report, "a")["summary"]
-    assert f"| a | {summary['mean_accuracy']:.2f} ± {summary['mean_accuracy_std']:.2f} |" in table[2]
+    header = ["initialization", "accuracy (%)", "variance", "lowest 10% (%)", "lowest 20% (%)", "lowest 30% (%)"]
+    assert [cell.strip() for cell in table[0].split("  ") if cell.strip()] == header and len(table) == 7
+    summary, random = entry(report, "a")["summary"], entry(report, "random")["summary"]
+    assert table[1].split()[:4] == ["a", f"{summary['mean_accuracy']:.2f}", "±", f"{summary['mean_accuracy_std']:.2f}"]
+    gain = summary["mean_accuracy"] - random["mean_accuracy"]
+    assert table[4].startswith(f"a vs random: {gain:+.2f} points of accuracy") and table[5].startswith("a-again vs")
+    assert table[6].startswith("(mean ± std over 2 tasks of 10 clients; accuracy: the clients' mean final")
+    one_task = {**report, "protocol": {**report["protocol"], "tasks": 1}}
+    assert "±" not in format_table(one_task) and "(1 task of 10 clients;" in format_table(one_task)
     json_path, plot_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text())["initializations"][0]["label"] == "a"
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot_path.name == PLOT_NAME
@@ -174,7 +180,7 @@ def test_cli_evaluates_and_merges_into_the_checkpoint(checkpoint, tmp_path, caps
     for _ in range(2):  # the second merge replaces the first (same protocol)
         assert main([*args, "-q", "--merge"]) == 0
     out = capsys.readouterr().out
-    assert "| test-resnet-tiny |" in out and f"merged into {folder}" in out
+    assert "\ntest-resnet-tiny  " in out and f"merged into {folder}" in out
     assert (tmp_path / "out" / REPORT_NAME).is_file() and (tmp_path / "out" / PLOT_NAME).is_file()
     block = json.loads((folder / "config.json").read_text())["copre_hub"]
     assert len(block["eval_results"]) == 1 and block["eval_results"][0]["tasks"] == 1

@@ -169,6 +169,10 @@ def test_info_reports_config_card_results_and_hash(hub_server: str, make_checkpo
     assert {"copre-hub", "federated-learning"} <= set(details.card["tags"])
     assert {(r["metric"], r["value"]) for r in details.eval_results} == {("accuracy", 83.2), ("variance", 34.7)}
     assert json.loads(json.dumps(details.to_dict()))["sha256"] == details.sha256
+    pushed_card = (details.path / "README.md").read_text()
+    assert f'copre_hub.load("{REPO}", num_classes=10)' in pushed_card
+    assert details.card["model-index"][0]["name"] == "tiny"
+    assert "not pushed yet" in (folder / "README.md").read_text()  # the local folder's card is left as it was
 
 
 def test_list_models_merges_registry_cache_and_endpoint(published) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from copre_hub.hub.cards import TEMPLATE_PATH, build_model_card
+from copre_hub.hub.cards import TEMPLATE_PATH, build_model_card, card_for_repo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,8 @@ def test_card_metadata_is_what_the_hub_reads() -> None:
 
 
 def test_card_body_has_every_section_and_the_numbers() -> None:
-    content = build_model_card(CONFIG, RUN, EVAL).content
+    pushed = {**CONFIG, "copre_hub": {**CONFIG["copre_hub"], "repo_id": "copre-hub/copreFL-resnet18-cifar100"}}
+    content = build_model_card(pushed, RUN, EVAL).content
     for heading in (
         "## How to load",
         "## Pre-training details",
@@ -163,3 +164,29 @@ def test_registered_architectures_are_the_ones_plain_timm_lacks_and_no_published
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.split() == list(REGISTERED_ARCHITECTURES)  # every published architecture is plain timm
     assert cards and all("With plain timm" in card for card in cards)
+
+
+def test_an_unpushed_card_loads_the_local_folder() -> None:
+    content = build_model_card(CONFIG, RUN, EVAL).content
+    assert "belongs to a local folder, not pushed yet" in content
+    assert 'copre_hub.load("path/to/checkpoint"' in content and '"local-dir:path/to/checkpoint"' in content
+    assert "hf-hub:" not in content and "copre-hub/copreFL" not in content
+
+
+def test_push_writes_the_card_for_the_target_repository() -> None:
+    local = build_model_card(CONFIG, RUN, EVAL).content.replace("## Limitations", "A note of ours.\n\n## Limitations")
+    pushed = card_for_repo(local, CONFIG, "demo/my-init")
+    for snippet in ('copre_hub.load("demo/my-init", num_classes=10)', '"hf-hub:demo/my-init"', "A note of ours."):
+        assert snippet in pushed
+    assert "path/to/checkpoint" not in pushed and "local folder" not in pushed
+    card = ModelCard(pushed)
+    assert card.data.model_name == "my-init" and card.data.eval_results[0].metric_value == 83.2
+    assert card_for_repo(pushed, CONFIG, "demo/my-init") == pushed
+
+
+def test_cards_written_before_the_markers_are_retargeted_too() -> None:
+    published = (REPO / "model_cards" / "copreFL-resnet18-cifar100" / "README.md").read_text()
+    assert "copre-hub:how-to-load" not in published
+    pushed = card_for_repo(published, CONFIG, "lab/copy")
+    assert "copre-hub/copreFL-resnet18-cifar100" not in pushed
+    assert pushed.count('copre_hub.load("lab/copy"') == 3 and '"hf-hub:lab/copy"' in pushed

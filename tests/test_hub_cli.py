@@ -34,8 +34,11 @@ def test_push_pull_list_info_round_trip(hub_server: str, tiny_checkpoint, capsys
     assert Path(capsys.readouterr().out.strip()).name == commit
     assert main(["list", "--remote", "--author", "org"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["ID", "CACHED", "ENDPOINT"]
-    assert any(line.startswith("org/cli-model ") and " yes " in line for line in table)
+    assert table[0].split() == ["ID", "CACHED", "ENDPOINT", "WEIGHTS", "DESCRIPTION"]
+    assert any(line.startswith("org/cli-model ") and " yes " in line and " cache,endpoint " in line for line in table)
+    fedavg = next(line for line in table if line.startswith("copre-hub/fedavg-resnet18-cifar100 "))
+    assert fedavg.split()[1:4] == ["-", "no", "-"] and fedavg.endswith("(not trained yet: no card in model_cards/)")
+    assert any(line.startswith("WEIGHTS: where a copy of the weights is") for line in table)
     assert main(["info", "org/cli-model", "--json"]) == 0
     details = json.loads(capsys.readouterr().out)
     assert details["commit"] == commit and details["config"]["architecture"] == "test_resnet"

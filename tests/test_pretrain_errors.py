@@ -31,7 +31,7 @@ def test_bad_input_is_one_line_before_training(case: str, data_dir, tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("copre-hub: error: ")
     assert message in err
-    assert not (out / "state.safetensors").exists() and not (out / "checkpoint").exists()
+    assert not out.exists()  # no folder is left behind by a run that never started
 
 
 def test_unwritable_output_folder(tmp_path, capsys) -> None:
@@ -48,7 +48,7 @@ def test_resume_folder_from_another_recipe(data_dir, tmp_path, capsys) -> None:
     assert main(["pretrain", str(SMOKE), "-o", str(out), "-q", *fast]) == 0
     before = (out / "state.safetensors").read_bytes()
     assert main(["pretrain", str(SMOKE), "-o", str(out), "-q", "--resume", *fast, "--gamma", "0.1"]) == 2
-    assert "made by a different recipe" in capsys.readouterr().err
+    assert "made by a different recipe (method.gamma: saved 0.75, given 0.1)" in capsys.readouterr().err
     assert main(["pretrain", str(SMOKE), "-o", str(out), "-q", *fast]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert (out / "state.safetensors").read_bytes() == before

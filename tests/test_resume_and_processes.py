@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -49,7 +50,8 @@ def saved_round(out: Path) -> int:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir_module) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("reference") / "run"
-    subprocess.run([sys.executable, *pretrain_cmd(out)], check=True, env=data_dir_module)
+    done = subprocess.run([sys.executable, *pretrain_cmd(out)], check=True, env=data_dir_module, capture_output=True)
+    assert done.stdout.decode() == f"checkpoint: {out / 'checkpoint'}\n"  # -q: no bar, no summary, only the result
     return weights(out)
 
 
@@ -82,6 +84,44 @@ def test_kill_and_resume_matches_uninterrupted(reference, data_dir_module, tmp_p
     resumed = weights(out)
     for name, tensor in reference.items():
         assert torch.equal(resumed[name], tensor), name
+
+
+def test_ctrl_c_says_how_to_continue_and_resume_reuses_the_stored_recipe(reference, data_dir_module, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, *pretrain_cmd(out)],
+        env=data_dir_module,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's KeyboardInterrupt, as in a shell
+    )
+    deadline = time.monotonic() + 120
+    while saved_round(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "the run finished before it could be interrupted"
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and 1 <= record["saved_round"] < 3
+    assert [r["round"] for r in record["rounds"]] == list(range(1, record["saved_round"] + 1))
+    hint = f"continue with `copre-hub pretrain --resume -o {out} --data-dir {data_dir_module['COPRE_HUB_DATA']}`."
+    assert stderr.strip().splitlines()[-1].endswith(hint) and stdout == ""
+    resumed = subprocess.run(  # no recipe, no flags: the run folder's own recipe; and no -q: the summary
+        [sys.executable, "-m", "copre_hub.cli", "pretrain", "--resume", "-o", str(out)],
+        env=data_dir_module,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = resumed.stdout.splitlines()
+    assert lines[0].startswith("finished smoke-coprefl-cifar100: 3 rounds in ") and "final train_loss" in lines[0]
+    assert f"copre-hub evaluate {out / 'checkpoint'} random" in resumed.stdout and "copre-hub push" in resumed.stdout
+    assert lines[-1] == f"checkpoint: {out / 'checkpoint'}"
+    finished = json.loads((out / "run.json").read_text())
+    assert finished["status"] == "finished" and finished["started"] == record["started"]
+    for name, tensor in reference.items():
+        assert torch.equal(weights(out)[name], tensor), name
 
 
 def test_two_processes_match_one(reference, data_dir_module, tmp_path) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 from pathlib import Path
+from typing import Any
+
+from copre_hub.errors import ConfigError
 
 # Flags that are shorthands for recipe keys: (flag, recipe key, type, help).
 _SHORTHANDS = [
@@ -30,7 +35,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         description="Pre-train an initialization. Settings come from the recipe file, then the shorthand flags, "
         "then --set overrides. Under `accelerate launch` or torchrun the participants are shared across processes.",
     )
-    parser.add_argument("recipe", nargs="?", type=Path, help="recipe TOML file (see training/recipes/)")
+    parser.add_argument(
+        "recipe",
+        nargs="?",
+        type=Path,
+        help="recipe TOML file (see training/recipes/); with --resume, default: the recipe stored in the run folder",
+    )
     parser.add_argument("-o", "--output", type=Path, help="run folder (default: runs/<recipe name>)")
     parser.add_argument(
         "--set",
@@ -44,28 +54,139 @@ def register(verbs: argparse._SubParsersAction) -> None:
         parser.add_argument(flag, dest=f"short_{key}", type=kind, metavar=kind.__name__.upper(), help=text)
     parser.add_argument("--data-dir", type=Path, help="folder of local dataset copies (sets COPRE_HUB_DATA)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in the output folder")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar or summary; still prints the checkpoint path"
+    )
     parser.set_defaults(handler=_pretrain)
     _register_evaluate(verbs)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
-    from copre_hub.fl.pretrain import pretrain
-    from copre_hub.fl.recipe import load_recipe
-
     if args.data_dir:
         os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
-    overrides = [
-        f"{key}={_toml(value)}" for _, key, _, _ in _SHORTHANDS if (value := getattr(args, f"short_{key}")) is not None
-    ]
-    recipe = load_recipe(args.recipe, overrides + args.overrides)
-    output = args.output or Path("runs") / recipe.name
-    folder = pretrain(recipe, output, resume=args.resume, progress=not args.quiet)
-    if not args.quiet and PartialState().is_main_process:  # once, not once per launched process
+    raw = _recipe_data(args)
+    output = args.output or Path("runs") / str(raw.get("name") or "pretrain")
+    _check_data_source(raw.get("data"))
+    # Only now the heavy imports (torch, timm, accelerate): every check above costs a fraction of a second.
+    from accelerate import PartialState
+
+    from copre_hub.cli import only_our_progress_bars
+    from copre_hub.fl.pretrain import pretrain
+    from copre_hub.fl.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(raw)
+    try:
+        with only_our_progress_bars() if args.quiet else contextlib.nullcontext():
+            folder = pretrain(recipe, output, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_how_to_continue(output)) from None
+    if PartialState().is_main_process:  # once, not once per launched process
+        if not args.quiet:
+            print(run_summary(output, folder))
         print(f"checkpoint: {folder}")
     return 0
+
+
+def _recipe_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe as plain data with the shorthand flags and ``--set`` applied: from the file, else (``--resume``)
+    the one stored in the run folder, else from flags that name a whole setup.
+
+    Raises:
+        ConfigError: no recipe and nothing to take one from; the message lists ``training/recipes/``.
+    """
+    from copre_hub.fl.recipe_files import apply_override, list_recipes, read_recipe, stored_recipe
+
+    if args.recipe is not None:
+        raw = read_recipe(args.recipe)
+    elif args.resume:
+        if args.output is None:
+            raise ConfigError("--resume without a recipe needs the run folder: copre-hub pretrain --resume -o RUN_DIR.")
+        raw = stored_recipe(args.output)
+    else:
+        raw = {}
+    shorthands = [
+        f"{key}={_toml(value)}" for _, key, _, _ in _SHORTHANDS if (value := getattr(args, f"short_{key}")) is not None
+    ]
+    for item in [*shorthands, *args.overrides]:
+        apply_override(raw, item)
+    if args.recipe is None and not args.resume:
+        missing = [flag for flag, key in _SETUP_FLAGS if not _has(raw, key)]
+        if missing:
+            raise ConfigError(
+                "pretrain needs a recipe, e.g. `copre-hub pretrain training/recipes/smoke.toml`; "
+                f"{list_recipes()} (or name a whole setup with {', '.join(flag for flag, _ in _SETUP_FLAGS)})."
+            )
+        method, model, data = raw["method"], raw["model"], raw["data"]
+        raw.setdefault("name", f"{method['name']}-{model['architecture']}-{data['dataset']}".replace("/", "-"))
+    return raw
+
+
+# Flags that together name a whole pre-training setup, so that no recipe file is needed: (flag, recipe key).
+_SETUP_FLAGS = [
+    ("--method", "method.name"),
+    ("--arch", "model.architecture"),
+    ("--dataset", "data.dataset"),
+    ("--rounds", "method.rounds"),
+]
+
+
+def _has(raw: dict[str, Any], key: str) -> bool:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _check_data_source(table: Any) -> None:
+    """Refuse, before any heavy import, a local dataset source that is named but does not hold the dataset."""
+    from copre_hub.fl.data import DataConfig, resolve_source
+
+    table = table if isinstance(table, dict) else {}
+    dataset, path = table.get("dataset", DataConfig.dataset), table.get("path")
+    if isinstance(dataset, str) and isinstance(path, str | None):  # other kinds: the recipe's validation says so
+        resolve_source(DataConfig(dataset=dataset, path=path))
+
+
+def _how_to_continue(output: Path) -> str:
+    """What to run after Ctrl-C, from what the run folder holds."""
+    from copre_hub.fl.pretrain import RECORD_NAME, STATE_NAME
+
+    if not (output / STATE_NAME).exists():
+        return "no round was saved yet: run the same command again to start over."
+    try:
+        saved = json.loads((output / RECORD_NAME).read_text()).get("saved_round")
+    except (OSError, ValueError):
+        saved = None
+    at = f"round {saved} is saved" if saved else "the last saved round is kept"
+    data_dir = f" --data-dir {os.environ['COPRE_HUB_DATA']}" if os.environ.get("COPRE_HUB_DATA") else ""
+    return f"{at} in {output}: continue with `copre-hub pretrain --resume -o {output}{data_dir}`."
+
+
+def run_summary(run_dir: Path, checkpoint: Path) -> str:
+    """What a finished pre-training reports: rounds, time, final loss, the weights' sha256 and what to run next."""
+    from copre_hub.fl.pretrain import RECORD_NAME
+    from copre_hub.hub.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+    record = json.loads((run_dir / RECORD_NAME).read_text())
+    sha256 = (json.loads((checkpoint / CONFIG_NAME).read_text()).get("copre_hub") or {}).get("sha256")
+    last = (record.get("rounds") or [{}])[-1]
+    loss = next((f"{key} {last[key]:.4f}" for key in ("train_loss", "query_loss_mean") if key in last), "no loss")
+    lines = [
+        f"finished {record.get('name')}: {last.get('round', 0)} rounds in {_duration(record.get('seconds', 0.0))}, "
+        f"final {loss}",
+        f"weights: {checkpoint / WEIGHTS_NAME} (sha256 {sha256})",
+        "next:",
+        f"  copre-hub evaluate {checkpoint} random -o {run_dir / 'evaluation'}   # downstream FL vs random weights",
+        f"  copre-hub push {checkpoint} ORG/NAME   # publish to $HF_ENDPOINT with $HF_TOKEN",
+    ]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
 
 
 # Flags of `evaluate` that set DownstreamConfig fields: (flag, field, type, help).
@@ -133,39 +254,69 @@ def _register_evaluate(verbs: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import torch
-
-    from copre_hub.errors import ConfigError
-    from copre_hub.fl.data import DataConfig
-    from copre_hub.fl.distributed import Processes
-    from copre_hub.fl.evaluate import evaluate, format_table, write_report
-
     if args.data_dir:
         os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
     if args.data_path and not args.dataset:
         raise ConfigError("--data-path needs --dataset (its name sets the columns and class split), e.g. cifar100.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is visible; use --device cpu.")
+    if args.output.exists() and not args.output.is_dir():
+        raise ConfigError(f"-o {args.output} is a file; give a folder for the results.")
+    for source in args.sources:
+        _check_source(source)
+    if args.dataset:
+        _check_data_source({"dataset": args.dataset, "path": args.data_path})
+    # Only now the heavy imports (torch, timm): every check above costs a fraction of a second.
+    import torch
+
+    from copre_hub.cli import only_our_progress_bars
+    from copre_hub.fl.data import DataConfig
+    from copre_hub.fl.distributed import Processes
+    from copre_hub.fl.evaluate import evaluate, format_table, write_report
+    from copre_hub.fl.pretrain import require_device
+
+    require_device(args.device)
     data = DataConfig(dataset=args.dataset, path=args.data_path) if args.dataset else None
     names = [name for _, name, _, _ in _DOWNSTREAM_FLAGS] + ["nesterov"]
     settings = {name: value for name in names if (value := getattr(args, f"downstream_{name}")) is not None}
     settings["protocol"] = args.protocol
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    report = evaluate(
-        args.sources,
-        settings,
-        data,
-        architecture=args.arch,
-        processes=Processes(device=torch.device(device)),
-        progress=not args.quiet,
-        cache_dir=args.output / "cache",
-    )
+    try:
+        with only_our_progress_bars() if args.quiet else contextlib.nullcontext():
+            report = evaluate(
+                args.sources,
+                settings,
+                data,
+                architecture=args.arch,
+                processes=Processes(device=torch.device(device)),
+                progress=not args.quiet,
+                cache_dir=args.output / "cache",
+            )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"finished tasks are kept in {args.output / 'cache'}: run the same command again to continue."
+        ) from None
     json_path, plot_path = write_report(report, args.output)
     print(format_table(report))
     print(f"results: {json_path}\nplot: {plot_path}")
     if args.merge:
         _merge(report)
     return 0
+
+
+def _check_source(source: str) -> None:
+    """Refuse a folder that is not a checkpoint before anything heavy runs, pointing at the checkpoint inside it."""
+    from copre_hub.hub.checkpoint import CONFIG_NAME
+    from copre_hub.hub.ids import LOCAL_DIR_PREFIX
+
+    folder = Path(source.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
+    if source.lower() == "random" or not folder.is_dir() or (folder / CONFIG_NAME).is_file():
+        return
+    inside = sorted(str(config.parent) for config in folder.glob(f"*/{CONFIG_NAME}"))
+    inside += sorted(str(config.parent) for config in folder.glob(f"*/checkpoint/{CONFIG_NAME}"))
+    hint = f" (checkpoints inside it: {', '.join(inside[:3])})" if inside else ""
+    raise ConfigError(
+        f"{source!r} is a folder but not a checkpoint (no {CONFIG_NAME}){hint}; give a checkpoint folder such as "
+        "runs/<name>/checkpoint, a Hub id, or 'random'."
+    )
 
 
 def _merge(report: dict) -> None:
@@ -183,4 +334,4 @@ def _merge(report: dict) -> None:
 
 
 def _toml(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else str(value)
+    return json.dumps(value) if isinstance(value, str) else str(value)  # a JSON string is a TOML basic string

@@ -2,8 +2,11 @@
 
 A dataset is named in a recipe's ``[data]`` table. Known names (``cifar100``, ``femnist``, ``tiny-imagenet``) carry
 their Hub id, column names, class split and normalisation; any other name is taken as a Hub id or, with ``path``, a
-local folder (Parquet shards or an imagefolder tree). Resolution of a known name without ``path``:
-``$COPRE_HUB_DATA/<name>`` when that folder exists, else the Hub id (needs the internet).
+local folder (Parquet shards or an imagefolder tree). Resolution (:func:`resolve_source`): ``path`` when given;
+else, for a known name, ``$COPRE_HUB_DATA/<name>`` when ``COPRE_HUB_DATA`` is set; else the Hub id (needs the
+internet). A local source that is named but does not hold the dataset is an error, never a silent download.
+
+Importing this module does not import torch or numpy (recipe checks use it before any heavy import).
 """
 
 from __future__ import annotations
@@ -17,12 +20,18 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from copre_hub import _env
 from copre_hub.errors import DataError, DatasetNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+
+# Files a local dataset folder is made of: what `datasets.load_dataset(folder)` reads (Parquet and friends, or the
+# images of an imagefolder tree).
+DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+EXPECTED = "Parquet shards (e.g. data/*.parquet) or an imagefolder tree"
 
 
 @dataclass(frozen=True)
@@ -130,16 +139,24 @@ class ImageData:
 
 
 def resolve_source(cfg: DataConfig) -> str:
-    """The local folder or Hub id that ``cfg`` points at (see the module docstring for the order)."""
+    """The local folder or Hub id that ``cfg`` points at (see the module docstring for the order).
+
+    Raises:
+        DatasetNotFoundError: ``data.path`` or ``$COPRE_HUB_DATA/<name>`` is named but does not hold the dataset
+            (the message names the folder, what was expected there and, when it looks like one level off, the
+            folder to give instead); or an unknown name that is not a Hub id.
+    """
     if cfg.path:
         path = Path(cfg.path).expanduser()
-        if not path.exists():
-            raise DatasetNotFoundError(f"dataset path {str(path)!r} does not exist; fix `data.path` in the recipe.")
+        check_dataset_folder(path, "data.path (--data-path)")
         return str(path)
     spec = cfg.spec
     root = _env.data_dir()
-    if root is not None and (root / cfg.dataset.lower()).is_dir():
-        return str(root / cfg.dataset.lower())
+    if root is not None and (spec is not None or (root / cfg.dataset.lower()).is_dir()):
+        folder = root / cfg.dataset.lower()
+        _check_data_dir(root, cfg.dataset.lower())
+        check_dataset_folder(folder, "COPRE_HUB_DATA (--data-dir)")
+        return str(folder)
     if spec is not None:
         return spec.hub_id
     if "/" in cfg.dataset:
@@ -148,6 +165,42 @@ def resolve_source(cfg: DataConfig) -> str:
     raise DatasetNotFoundError(
         f"unknown dataset {cfg.dataset!r}; use one of {known}, a Hub id such as 'org/name', or set `data.path`."
     )
+
+
+def _check_data_dir(root: Path, name: str) -> None:
+    """``$COPRE_HUB_DATA`` must be the folder that holds ``<name>/``."""
+    if (root / name).is_dir():
+        return
+    if not root.is_dir():
+        raise DatasetNotFoundError(
+            f"COPRE_HUB_DATA (--data-dir) {str(root)!r} is not a folder; give the folder that holds {name}/ "
+            f"(with {EXPECTED} inside), or unset it to use the Hub."
+        )
+    hint = ""
+    if root.name.lower() == name or any(root.glob("*.parquet")) or any(root.glob("data/*.parquet")):
+        hint = f" {str(root)!r} looks like the {name} folder itself: give its parent {str(root.parent)!r}."
+    raise DatasetNotFoundError(
+        f"COPRE_HUB_DATA (--data-dir) {str(root)!r} has no {name}/ folder; it should hold {name}/ with {EXPECTED}."
+        + (hint or " Unset it to use the Hub.")
+    )
+
+
+def check_dataset_folder(folder: Path, given_as: str) -> None:
+    """Refuse a local dataset folder that does not exist or holds no data files (see :data:`DATA_SUFFIXES`).
+
+    Raises:
+        DatasetNotFoundError: naming the folder, how it was given and what was expected in it.
+    """
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise DatasetNotFoundError(f"{given_as} {str(folder)!r} {what}; it should be a folder of {EXPECTED}.")
+    if not _holds_data(folder):
+        raise DatasetNotFoundError(f"{given_as} {str(folder)!r} holds no data files; expected {EXPECTED}.")
+
+
+def _holds_data(folder: Path) -> bool:
+    """Whether any file under ``folder`` is a data file (stops at the first one)."""
+    return any(path.suffix.lower() in DATA_SUFFIXES for path in folder.rglob("*") if not path.name.startswith("."))
 
 
 def load_image_data(cfg: DataConfig) -> ImageData:
@@ -244,6 +297,8 @@ def _pick_column(explicit: str | None, candidates: tuple[str, ...], columns: lis
 
 def _cached_tensors(raw, image_col: str, label_col: str, writer_col: str | None):
     """Decoded tensors for these columns, from the on-disk cache keyed by the dataset's fingerprint."""
+    import numpy as np
+    import torch
     from safetensors.torch import load_file, save_file
 
     key = hashlib.sha256(json.dumps([raw._fingerprint, image_col, label_col, writer_col]).encode()).hexdigest()[:24]
@@ -268,6 +323,8 @@ def _cached_tensors(raw, image_col: str, label_col: str, writer_col: str | None)
 def _decode_images(raw, image_col: str) -> torch.Tensor:
     """All images of ``image_col`` as uint8 [N, C, H, W]; grayscale keeps one channel."""
     import datasets
+    import numpy as np
+    import torch
     from PIL import Image
 
     column = raw.cast_column(image_col, datasets.Image(decode=False))[image_col]
@@ -294,6 +351,8 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
 def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, pad: int = 4) -> torch.Tensor:
     """Random crop with zero padding and optional horizontal flip, drawn from ``generator`` (reproducible)."""
+    import torch
+
     b, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)

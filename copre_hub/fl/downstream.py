@@ -23,6 +23,7 @@ from copre_hub.errors import ConfigError, DataError
 from copre_hub.fl.data import ImageData
 from copre_hub.fl.distributed import Processes
 from copre_hub.fl.methods import Method, create_method
+from copre_hub.fl.methods.base import RoundCallback
 from copre_hub.fl.optim import check_sgd_settings
 from copre_hub.fl.partition import FederatedData, PartitionConfig, partition_indices
 from copre_hub.fl.protocols import PROTOCOLS
@@ -97,8 +98,12 @@ class DownstreamConfig:
             raise ConfigError(f"downstream classes_per_task must be at least 2, got {self.classes_per_task}.")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"downstream test_fraction must be in (0, 1), got {self.test_fraction}.")
-        if self.alpha <= 0 or self.lr <= 0 or self.mu < 0 or self.q < 0:
-            raise ConfigError("downstream alpha and lr must be positive, mu and q non-negative.")
+        for key, value in {"alpha": self.alpha, "lr": self.lr}.items():
+            if value <= 0:
+                raise ConfigError(f"downstream {key} must be positive, got {value}.")
+        for key, value in {"mu": self.mu, "q": self.q}.items():
+            if value < 0:
+                raise ConfigError(f"downstream {key} cannot be negative, got {value}.")
         if self.local_epochs is not None and self.local_epochs < 1:
             raise ConfigError(f"downstream local_epochs must be at least 1, got {self.local_epochs}.")
         check_sgd_settings(self.momentum, self.nesterov, self.weight_decay, where="downstream ")
@@ -283,9 +288,15 @@ def reset_head(model: nn.Module, num_classes: int, seed: int, task: int) -> nn.M
 
 
 def run_task(
-    model: nn.Module, task: DownstreamTask, cfg: DownstreamConfig, processes: Processes | None = None
+    model: nn.Module,
+    task: DownstreamTask,
+    cfg: DownstreamConfig,
+    processes: Processes | None = None,
+    on_round: RoundCallback | None = None,
 ) -> list[float]:
     """Run task ``task`` from ``model`` (trained in place) and return each client's final test accuracy in %.
+
+    ``on_round(round, metrics)`` is called after each round (a progress bar moves once per round).
 
     The model must already have a ``task.num_classes``-way head (see :func:`reset_head`). Accuracy is measured
     with the final global model (eval-mode BatchNorm) on each client's own test split.
@@ -294,5 +305,5 @@ def run_task(
         DataError: the task's federation does not fit the algorithm.
     """
     sim = Simulation(model, task.data, processes)
-    downstream_method(cfg).run(sim, derive_seed(cfg.seed, "downstream", task.index))
+    downstream_method(cfg).run(sim, derive_seed(cfg.seed, "downstream", task.index), on_round=on_round)
     return [100.0 * sim.evaluate(test)[1] for test in task.test]

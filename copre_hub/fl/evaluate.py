@@ -237,11 +237,13 @@ def evaluate_initialization(
     processes: Processes,
     on_task: Callable[[list[dict[str, Any]]], None] | None = None,
     finished: Sequence[dict[str, Any]] = (),
+    on_round: Callable[[int, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Run every task from ``build(task)`` and return this initialization's entry of the report.
 
     ``finished`` holds task results kept from an interrupted run (as in the entry's ``tasks``); those tasks are
-    not run again. ``on_task`` is called with the results so far after each task that is run.
+    not run again. ``on_task`` is called with the results so far after each task that is run, ``on_round`` after
+    each of its rounds.
     """
     done = {result["index"]: result for result in finished}
     per_task = []
@@ -250,7 +252,7 @@ def evaluate_initialization(
             per_task.append(done[task.index])
             continue
         started = time.perf_counter()
-        accuracies = run_task(build(task), task, cfg, processes)
+        accuracies = run_task(build(task), task, cfg, processes, on_round)
         per_task.append(
             {
                 "index": task.index,
@@ -295,7 +297,7 @@ def evaluate(
         architecture: timm name for ``"random"``; default: the first checkpoint's architecture.
         labels: names in the report, one per source; default: each checkpoint's model id, ``random``.
         processes: where to run; default: this process on CUDA when available, else the CPU.
-        progress: show a progress bar over (initialization, task).
+        progress: show a progress bar that moves once per downstream round.
         cache_dir: keep each finished task there and reuse those an earlier call finished under the same
             protocol, data and tasks (see :class:`TaskCache`): an interrupted comparison resumes where it stopped,
             and a baseline such as ``"random"`` is evaluated once for several checkpoints.
@@ -346,20 +348,24 @@ def evaluate(
     }
     cache = TaskCache(Path(cache_dir), setting) if cache_dir is not None else None
     processes = processes or Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    bar = _progress_bar(len(inits) * len(tasks), enabled=progress)
+    bar = _progress_bar(len(inits) * len(tasks) * cfg.rounds, enabled=progress)
     entries = []
     try:
         for label, init in zip(labels, inits, strict=True):
             finished = cache.finished(init) if cache is not None else []
-            bar.update(len(finished))
+            bar.set_description(f"downstream {label}")
+            bar.update(len(finished) * cfg.rounds)
 
             def on_task(per_task: list[dict[str, Any]], init: Initialization = init) -> None:
-                bar.update(1)
                 if cache is not None:
                     cache.save(init, per_task)
 
             build = model_factory(init, images, cfg.classes_per_task, cfg)
-            entries.append(evaluate_initialization(label, init, build, tasks, cfg, processes, on_task, finished))
+            entries.append(
+                evaluate_initialization(
+                    label, init, build, tasks, cfg, processes, on_task, finished, lambda *_: bar.update(1)
+                )
+            )
     finally:
         bar.close()
     return {
@@ -468,15 +474,47 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """A Markdown table: one row per initialization, mean ± std over tasks of each metric."""
-    columns = [("mean_accuracy", "Acc"), ("variance", "Var"), *((f"lowest_{k}", f"L{k}") for k in LOWEST)]
-    head = "| initialization | " + " | ".join(name for _, name in columns) + " |"
-    rows = [head, "|---" * (len(columns) + 1) + "|"]
-    for entry in report["initializations"]:
-        summary = entry["summary"]
-        cells = [f"{summary[key]:.2f} ± {summary[f'{key}_std']:.2f}" for key, _ in columns]
-        rows.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    """The comparison as text, the one format of ``copre-hub evaluate`` and the demo.
+
+    One row per initialization (mean ± std over tasks; no std with one task), then, when ``random`` weights are in
+    the report, each other initialization's difference from them, then a legend of the columns.
+    """
+    columns = [("mean_accuracy", "accuracy (%)"), ("variance", "variance"), *_LOWEST_COLUMNS]
+    tasks = report["protocol"]["tasks"]
+    entries = report["initializations"]
+
+    def cell(summary: dict[str, float], key: str) -> str:
+        return f"{summary[key]:.2f}" + (f" ± {summary[f'{key}_std']:.2f}" if tasks > 1 else "")
+
+    rows = [["initialization", *(name for _, name in columns)]]
+    rows += [[entry["label"], *(cell(entry["summary"], key) for key, _ in columns)] for entry in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) + 1)]
+    lines = [
+        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+        for row in rows
+    ]
+    baseline = next((entry for entry in entries if entry["source"] == RANDOM), None)
+    if baseline is not None:
+        lines += [_difference(entry, baseline) for entry in entries if entry is not baseline]
+    spread = f"mean ± std over {tasks} tasks" if tasks > 1 else "1 task"
+    lines.append(
+        f"({spread} of {report['protocol']['clients']} clients; accuracy: the clients' mean final test accuracy; "
+        "variance: of the client accuracies, in %²; lowest k%: mean accuracy of the worst k% of clients)"
+    )
+    return "\n".join(lines)
+
+
+_LOWEST_COLUMNS = [(f"lowest_{k}", f"lowest {k}% (%)") for k in LOWEST]
+
+
+def _difference(entry: dict[str, Any], baseline: dict[str, Any]) -> str:
+    ours, theirs = entry["summary"], baseline["summary"]
+    return (
+        f"{entry['label']} vs {baseline['label']}: "
+        f"{ours['mean_accuracy'] - theirs['mean_accuracy']:+.2f} points of accuracy, "
+        f"{ours['variance'] - theirs['variance']:+.2f} variance, "
+        f"{ours['lowest_10'] - theirs['lowest_10']:+.2f} points for the lowest 10%"
+    )
 
 
 def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
@@ -499,20 +537,23 @@ def plot_client_accuracies(report: dict[str, Any], path: str | Path) -> Path:
     for ax, entry, colour in zip(axes, entries, _colours(len(entries)), strict=True):
         accuracies = [a for task in entry["tasks"] for a in task["client_accuracies"]]
         summary = entry["summary"]
-        ax.hist(accuracies, bins=bins, color=colour, alpha=0.8, edgecolor="white")
-        ax.axvline(summary["mean_accuracy"], color="black", linestyle="--", linewidth=1)
+        ax.hist(accuracies, bins=bins, color=colour, alpha=0.8, edgecolor="white", label="clients per 5% bin")
+        ax.axvline(summary["mean_accuracy"], color="black", linestyle="--", linewidth=1, label="mean accuracy")
+        ax.axvline(summary["lowest_10"], color="black", linestyle=":", linewidth=1, label="lowest 10% (mean)")
         ax.set_title(
-            f"{entry['label']}: acc {summary['mean_accuracy']:.1f}, var {summary['variance']:.1f}, "
-            f"L10 {summary['lowest_10']:.1f}",
+            f"{entry['label']}: mean {summary['mean_accuracy']:.1f}%, variance {summary['variance']:.1f}, "
+            f"lowest 10% {summary['lowest_10']:.1f}%",
             fontsize=9,
             loc="left",
         )
         ax.set_ylabel("clients")
-    axes[-1].set_xlabel("client test accuracy (%)")
+    axes[0].legend(fontsize=7, loc="upper left", frameon=False)
+    axes[-1].set_xlabel("client test accuracy (%), all tasks' clients pooled")
     axes[-1].set_xlim(0, 100)
     protocol = report["protocol"]
+    tasks = f"{protocol['tasks']} task" + ("s" if protocol["tasks"] != 1 else "")
     figure.suptitle(
-        f"{report['data']['dataset']}: {protocol['tasks']} tasks x {protocol['clients']} clients, "
+        f"{report['data']['dataset']}: {tasks} x {protocol['clients']} clients, "
         f"{protocol['algorithm']} {protocol['rounds']} rounds",
         fontsize=10,
     )
@@ -607,4 +648,4 @@ def _colours(count: int) -> list[str]:
 def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="downstream", unit="task", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, desc="downstream", unit="round", disable=not enabled, dynamic_ncols=True)

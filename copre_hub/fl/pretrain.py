@@ -7,16 +7,20 @@ A run folder holds::
     checkpoint/          config.json + model.safetensors + README.md, the publishable initialization
 
 Resuming needs only the global weights and the round number: every random draw is keyed by (seed, round, client),
-so a resumed run ends with the same weights as an uninterrupted one.
+so a resumed run ends with the same weights as an uninterrupted one. ``run.json``'s ``status`` says where a run
+stands: ``running (round N)``, ``interrupted`` (Ctrl-C; ``saved_round`` is where ``--resume`` continues from) or
+``finished``; ``started`` is the first start and ``seconds`` the training time of all sessions together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +34,14 @@ from copre_hub.fl.distributed import Processes
 from copre_hub.fl.methods import Method
 from copre_hub.fl.models import create_model
 from copre_hub.fl.partition import FederatedData, build_federation, class_split
-from copre_hub.fl.recipe import Recipe
+from copre_hub.fl.recipe import Recipe, differences
+from copre_hub.fl.recipe_files import RECORD_NAME
 from copre_hub.fl.seeding import derive_seed
 from copre_hub.fl.simulation import Simulation
 
-RECORD_NAME = "run.json"
 STATE_NAME = "state.safetensors"
 CHECKPOINT_DIR = "checkpoint"
+NO_CUDA = "--device cuda (run.device) was asked for but no CUDA device is visible; use --device cpu or auto."
 
 
 @dataclass
@@ -121,15 +126,34 @@ def pretrain(
         progress: show a progress bar on the main process.
         processes: this process's place among processes; by default joined through Accelerate.
 
+    A failure leaves no folder behind that the run created and did not fill. On Ctrl-C, ``run.json`` records
+    ``interrupted`` and the ``KeyboardInterrupt`` propagates.
+
     Raises:
         OutputError: ``output_dir`` cannot be written, or already holds a run and ``resume`` is off.
-        ResumeError: the saved run was made by another recipe, or its state is unreadable.
-        ConfigError, DataError: invalid recipe or data (raised before any training).
+        ResumeError: the saved run was made by another recipe (the message names the settings that differ), or its
+            state is unreadable.
+        ConfigError, DataError: invalid recipe or data, or ``cuda`` without a CUDA device (raised before any
+            training).
     """
     out = Path(output_dir)
+    require_device(recipe.run.device)
     check_output(out, resume)
     saved = read_state(out, recipe) if resume else None
     prepared = prepare(recipe)
+    with _created_folder(out):
+        return _train(recipe, prepared, out, saved, processes, progress)
+
+
+def _train(
+    recipe: Recipe,
+    prepared: Prepared,
+    out: Path,
+    saved: tuple[int, torch.Tensor, list[dict]] | None,
+    processes: Processes | None,
+    progress: bool,
+) -> Path:
+    """The rounds, the resumable state and the final folder of :func:`pretrain` (``out`` exists)."""
     processes = processes or Processes.from_accelerate(
         cpu=recipe.run.device == "cpu", mixed_precision=recipe.run.mixed_precision
     )
@@ -146,17 +170,30 @@ def pretrain(
         start, vector, history = saved
         sim.flat.load_(vector.to(sim.device))
     record = run_record(prepared, processes)
+    previous = _read_json(out / RECORD_NAME) if saved is not None else {}
+    record["started"] = previous.get("started", record["started"])  # a resumed run keeps its first start
+    seconds_before, session_start = float(previous.get("seconds", 0.0)), time.perf_counter()
+    saved_round = start
     bar = _progress_bar(recipe.name, prepared.method.rounds, start, enabled=progress and processes.is_main)
 
     def on_round(done: int, metrics: dict) -> None:
+        nonlocal saved_round
         history.append(metrics)
+        record["seconds"] = seconds_before + time.perf_counter() - session_start
         bar.set_postfix(_postfix(metrics), refresh=False)  # shown by the update, with this round's count
         bar.update(1)
         if processes.is_main and (done % recipe.run.checkpoint_every == 0 or done == prepared.method.rounds):
             write_state(out, recipe, done, sim.flat.vector, {**record, "rounds": history})
+            saved_round = done
 
     try:
         prepared.method.run(sim, recipe.seed, start_round=start, on_round=on_round)
+    except KeyboardInterrupt:
+        if processes.is_main:
+            kept = [metrics for metrics in history if metrics["round"] <= saved_round]
+            status = {"status": "interrupted", "saved_round": saved_round, "rounds": kept}
+            _io.atomic_write_json(out / RECORD_NAME, {**record, **status})
+        raise
     finally:
         bar.close()
     folder = out / CHECKPOINT_DIR
@@ -168,28 +205,55 @@ def pretrain(
     return folder
 
 
+def require_device(device: str) -> None:
+    """Refuse ``cuda`` when no CUDA device is visible, rather than training on the CPU without a word.
+
+    Raises:
+        ConfigError: :data:`NO_CUDA`, the one line every verb prints for it.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(NO_CUDA)
+
+
 def check_output(out: Path, resume: bool) -> None:
-    """Refuse an unwritable folder, or one that already holds a run we were not asked to resume."""
+    """Refuse an unwritable folder, or one that already holds a run we were not asked to resume.
+
+    Nothing is created here: the folder appears once the run is ready to train (see :func:`pretrain`).
+    """
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {str(out)!r} is a file; choose a folder path.")
     if not resume and (out / STATE_NAME).exists():
         raise OutputError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose another output.")
     if resume and not (out / STATE_NAME).exists():
         raise ResumeError(f"{str(out)!r} holds no saved run to resume; drop --resume to start a new run there.")
+    existing = next(parent for parent in (out, *out.absolute().parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is a file" if not existing.is_dir() else "is not writable"
+        raise OutputError(f"cannot write to {str(out)!r} ({existing} {why}); choose a writable --output.")
+
+
+@contextlib.contextmanager
+def _created_folder(out: Path) -> Iterator[None]:
+    """Create ``out`` (and missing parents) for the block; if the block fails, remove those it left empty."""
+    missing = [folder for folder in (out, *out.absolute().parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as error:
         raise OutputError(f"cannot write to {str(out)!r} ({error.strerror}); choose a writable --output.") from error
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when empty
+        raise
 
 
 def read_state(out: Path, recipe: Recipe) -> tuple[int, torch.Tensor, list[dict]]:
     """The saved round, weights and metrics of a run folder made by ``recipe``.
 
     Raises:
-        ResumeError: another recipe made it, or the state is unreadable.
+        ResumeError: another recipe made it (the settings that differ are named), or the state is unreadable.
     """
     from safetensors import safe_open
 
@@ -199,13 +263,15 @@ def read_state(out: Path, recipe: Recipe) -> tuple[int, torch.Tensor, list[dict]
             vector = handle.get_tensor("vector")
     except Exception as error:  # safetensors raises several kinds for damaged files
         raise ResumeError(f"state in {str(out)!r} is unreadable ({error}); start a new run elsewhere.") from error
+    record = _read_json(out / RECORD_NAME)
     if meta.get("fingerprint") != recipe.fingerprint():
+        changed = differences(record.get("recipe") or {}, recipe.to_dict())
+        what = "; ".join(changed) or f"fingerprint {meta.get('fingerprint')} vs {recipe.fingerprint()}"
         raise ResumeError(
-            f"{str(out)!r} was made by a different recipe (fingerprint {meta.get('fingerprint')} vs "
-            f"{recipe.fingerprint()}); resume with the original recipe or choose another output."
+            f"{str(out)!r} was made by a different recipe ({what}); resume with its settings (without a recipe, "
+            "--resume reuses the one stored there) or choose another output."
         )
     done = int(meta["round"])
-    record = _read_json(out / RECORD_NAME)
     history = [r for r in record.get("rounds", []) if r["round"] <= done]
     return done, vector, history
 

@@ -24,16 +24,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from copre_hub.errors import ConfigError
 from copre_hub.fl.data import DataConfig
-from copre_hub.fl.methods import Method, create_method
+from copre_hub.fl.methods import Method, available, create_method
 from copre_hub.fl.models import ModelConfig
 from copre_hub.fl.partition import PartitionConfig
+from copre_hub.fl.recipe_files import apply_override, read_recipe
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("no", "bf16")
@@ -81,6 +83,10 @@ class Recipe:
         name = params.pop("name", None)
         if not name:
             raise ConfigError('the recipe\'s [method] table needs a name, e.g. name = "coprefl".')
+        if not isinstance(name, str):
+            raise ConfigError(f'method.name must be a string such as "coprefl", got {name!r}.')
+        if (cls := available().get(name.lower())) is not None:
+            check_types(cls, params, "method")
         return create_method(name, **params)
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,11 +121,15 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         bad = sorted(set(table) - names)
         if bad:
             raise ConfigError(f"unknown keys {bad} in [{key}]; allowed: {sorted(names)}.")
+        check_types(cls, table, key)
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
         try:
             sections[key] = cls(**values)
         except TypeError as error:
             raise ConfigError(f"invalid [{key}] table: {error}.") from error
+    check_types(Recipe, {key: raw[key] for key in ("name", "seed") if key in raw}, "")
+    if not isinstance(raw.get("method", {}), dict):
+        raise ConfigError(f"recipe [method] must be a table, got {raw['method']!r}.")
     recipe = Recipe(
         name=str(raw.get("name", "pretrain")),
         seed=int(raw.get("seed", 0)),
@@ -138,33 +148,93 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     Raises:
         ConfigError: missing or malformed file, malformed override, invalid recipe.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe file {str(path)!r} does not exist; see training/recipes/ for examples.")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"recipe {str(path)!r} is not valid TOML: {error}.") from error
+    raw: dict[str, Any] = read_recipe(path) if path is not None else {}
     for item in overrides or []:
         apply_override(raw, item)
     return recipe_from_dict(raw)
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``section.key=value`` (or a top-level ``key=value``) in a parsed recipe."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. method.rounds=2.")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
-    *tables, leaf = key.strip().split(".")
-    node = raw
-    for table in tables:
-        node = node.setdefault(table, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {table!r} is not a table.")
-    node[leaf] = value
+def differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The result-changing settings (``run`` excluded) where two recipes, as :meth:`Recipe.to_dict`, differ.
+
+    Example:
+        >>> differences({"method": {"gamma": 0.75}}, {"method": {"gamma": 0.1}})
+        ['method.gamma: saved 0.75, given 0.1']
+    """
+
+    def flat(recipe: dict[str, Any]) -> dict[str, Any]:
+        plain = json.loads(json.dumps({k: v for k, v in recipe.items() if k != "run"}, default=str))  # tuples: lists
+        return dict(_flatten(plain))
+
+    old, new = flat(saved), flat(given)
+    return [
+        f"{key}: saved {_show(old.get(key, _UNSET))}, given {_show(new.get(key, _UNSET))}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, _UNSET) != new.get(key, _UNSET)
+    ]
+
+
+_UNSET = object()
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is _UNSET else json.dumps(value)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def check_types(cls: type, values: dict[str, Any], section: str) -> None:
+    """Refuse a value whose kind does not fit the field of ``cls`` it sets, naming the key and the value.
+
+    TOML already gives values their kinds; this catches ``rounds = "three"`` (or ``--set method.rounds=three``)
+    before the dataclass compares a string with a number. An integer is accepted for a float field.
+
+    Raises:
+        ConfigError: e.g. ``method.rounds must be an integer, got 'three'.``
+    """
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        hint = hints.get(key)
+        if hint is not None and not _fits(value, hint):
+            name = f"{section}.{key}" if section else key
+            raise ConfigError(f"{name} must be {_kind(hint)}, got {value!r}.")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        items = [arg for arg in typing.get_args(hint) if arg is not Ellipsis]
+        return isinstance(value, list | tuple) and all(_fits(item, items[0]) for item in value if items)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True  # Any and the like: the dataclass decides
+
+
+def _kind(hint: Any) -> str:
+    """``int | None`` as "an integer or unset", and so on."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_kind(arg) for arg in typing.get_args(hint))
+    if origin in (tuple, list):
+        items = [arg for arg in typing.get_args(hint) if arg is not Ellipsis]
+        return f"a list of {_kind(items[0]).removeprefix('an ').removeprefix('a ')}s" if items else "a list"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "unset"}
+    return names.get(hint, "a table" if origin is dict else getattr(hint, "__name__", str(hint)))

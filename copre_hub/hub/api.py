@@ -204,7 +204,8 @@ def push(
     The repository and the branch are created when missing; the commit makes the branch hold exactly the folder's
     files (files that were on the branch and are not in the folder are deleted, except dot-files such as
     ``.gitattributes``). All files go in one ``create_commit``, so readers see the old or the new revision,
-    never a mix. A ``tag`` is then put on that commit.
+    never a mix. A ``tag`` is then put on that commit. The model card goes up written for ``repo_id``: its "How to
+    load" snippets and ``model-index`` name name the target repository (the folder's own README.md is unchanged).
 
     Args:
         folder: the checkpoint folder (see :func:`copre_hub.hub.checkpoint.save_checkpoint`).
@@ -259,7 +260,10 @@ def push(
         stale = [sibling.rfilename for sibling in head.siblings or [] if sibling.rfilename not in files]
         operations = [
             *(CommitOperationDelete(path_in_repo=path) for path in stale if not _is_hidden(path)),
-            *(CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(folder / path)) for path in files),
+            *(
+                CommitOperationAdd(path_in_repo=path, path_or_fileobj=_upload(folder, path, config, repo))
+                for path in files
+            ),
         ]
         model_name = (config.get("copre_hub") or {}).get("model_id") or folder.name
         commit = api.create_commit(
@@ -512,6 +516,15 @@ def _create_tag(api: HfApi, ref: ModelRef, tag: str, commit: str, endpoint: str,
                 f"tag {tag!r} already exists on {ref.repo_id} (tags never move); commit {commit} was pushed "
                 "untagged: tag it with another name."
             ) from error
+
+
+def _upload(folder: Path, path: str, config: dict[str, Any], repo_id: str) -> str | bytes:
+    """What to upload for ``path``: the file itself, except the model card, written for ``repo_id``."""
+    if path != CARD_NAME:
+        return str(folder / path)
+    from copre_hub.hub.cards import card_for_repo
+
+    return card_for_repo((folder / path).read_text(encoding="utf-8"), config, repo_id).encode("utf-8")
 
 
 def _publishable_files(folder: Path) -> list[str]:

@@ -3,11 +3,17 @@
 The template is ``copre_hub/hub/templates/modelcard.md`` (``model_cards/template.md`` in the repository is the
 same file, kept identical by a test). Cards are never hand-written YAML: the metadata is a
 ``huggingface_hub.ModelCardData`` with ``EvalResult`` rows, so the Hub reads the ``model-index``.
+
+A card is written for the repository it will live in: until a checkpoint is pushed its "How to load" section says it
+is a local folder and loads it by path; ``copre-hub push`` rewrites that section (between the
+``<!-- copre-hub:how-to-load -->`` markers) and the ``model-index`` name for the target repository
+(:func:`card_for_repo`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +46,11 @@ _HISTOGRAM_BINS = 10
 MAX_METADATA_BYTES = 64 << 10
 MAX_METADATA_NODES = 10_000
 MAX_METADATA_DEPTH = 32
+LOCAL_PATH = "path/to/checkpoint"  # what an unpushed card's snippets load
+_HOW_TO_LOAD = re.compile(r"<!-- copre-hub:how-to-load -->.*?<!-- copre-hub:how-to-load:end -->", re.DOTALL)
+# Load targets in the snippets of cards without the markers (written before them): copre_hub.load("...") and timm ids.
+_LOAD_CALL = re.compile(r'copre_hub\.load\("[^"]*"')
+_TIMM_ID = re.compile(r'"(?:hf-hub|local-dir):[^"]*"')
 
 
 def build_model_card(
@@ -53,7 +64,8 @@ def build_model_card(
 
     Args:
         config: the checkpoint's ``config.json``. Its ``copre_hub`` block, as ``copre-hub pretrain`` writes it,
-            may hold ``model_id``, ``repo_id``, ``method``, ``scenario`` (1 or 2), ``seed``, ``data``
+            may hold ``model_id``, ``repo_id`` (the repository the card is for; without it, the card is for a
+            local folder), ``method``, ``scenario`` (1 or 2), ``seed``, ``data``
             (``dataset``, ``pretrain_classes``, ``downstream_classes``), ``partition`` (``num_clients``,
             ``scheme``, ``alpha``, ``server_fraction``), ``hyperparameters`` (``rounds``, ...), ``recipe``,
             ``versions``, ``final_metrics`` (the last round's), ``sha256`` and ``eval_results``.
@@ -89,7 +101,7 @@ def build_model_card(
     record = run_record or {}
     evaluations = _as_list(eval_results if eval_results is not None else meta.get("eval_results"))
     model_id = str(meta.get("model_id") or config.get("pretrained_cfg", {}).get("tag") or config["architecture"])
-    repo_id = str(meta.get("repo_id") or f"{_env.default_org()}/{model_id}")
+    repo_id = str(meta["repo_id"]) if meta.get("repo_id") else None
     method = str(meta.get("method") or "")
     dataset = str((meta.get("data") or {}).get("dataset") or "")
     datasets = _unique(DATASET_IDS.get(name, name) for name in [dataset, *(e.get("dataset") for e in evaluations)])
@@ -111,6 +123,8 @@ def build_model_card(
         template_path=str(TEMPLATE_PATH),
         model_id=model_id,
         repo_id=repo_id,
+        load_id=repo_id or LOCAL_PATH,
+        timm_id=f"hf-hub:{repo_id}" if repo_id else f"local-dir:{LOCAL_PATH}",
         summary=_summary(config, meta, dataset),
         architecture=config["architecture"],
         registered_by_copre_hub=config["architecture"] in REGISTERED_ARCHITECTURES,
@@ -242,6 +256,31 @@ def _check_node_graph(root: yaml.Node) -> None:
 
     if measure(root, 1)[1] > MAX_METADATA_DEPTH:  # a shared node measured higher up may sit deeper here
         raise CheckpointError(f"README.md metadata nests deeper than {MAX_METADATA_DEPTH} levels; flatten it.")
+
+
+def card_for_repo(text: str, config: dict[str, Any], repo_id: str) -> str:
+    """The card ``text`` as it should read in the repository ``repo_id`` (what ``push`` uploads as README.md).
+
+    The "How to load" section between the ``copre-hub:how-to-load`` markers is rendered again for ``repo_id``
+    (a card without the markers has the ids in its ``copre_hub.load``/``hf-hub:`` snippets replaced), and the
+    ``model-index`` name becomes the repository's name. Everything else, hand edits included, is kept.
+
+    Example:
+        >>> card_for_repo(open("README.md").read(), config, "my-org/my-init")  # doctest: +SKIP
+    """
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(text, ignore_metadata_errors=True)
+    if card.data.eval_results:
+        card.data.model_name = repo_id.split("/")[-1]
+    block = dict(config.get("copre_hub") or {}) | {"repo_id": repo_id}
+    fresh = _HOW_TO_LOAD.search(build_model_card({**config, "copre_hub": block}, eval_results=[]).content)
+    if _HOW_TO_LOAD.search(card.text) and fresh is not None:
+        card.text = _HOW_TO_LOAD.sub(lambda _: fresh.group(0), card.text, count=1)
+    else:
+        card.text = _LOAD_CALL.sub(lambda _: f'copre_hub.load("{repo_id}"', card.text)
+        card.text = _TIMM_ID.sub(lambda _: f'"hf-hub:{repo_id}"', card.text)
+    return card.content
 
 
 def _pretraining_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:

@@ -10,8 +10,12 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from copre_hub.errors import ConfigError, OutputError
+
+if TYPE_CHECKING:
+    from copre_hub.hub.api import ModelListing
 
 _MIB = 1 << 20
 
@@ -76,7 +80,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="address to bind (default: 127.0.0.1, loopback only; put TLS in front of any other: tokens travel in the "
         "clear over HTTP)",
     )
-    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, default=8080, help="port (default: 8080; 0 picks a free one)")
     tokens = serve.add_mutually_exclusive_group()
     tokens.add_argument("--token-file", type=Path, help="file with the accepted tokens, one per line")
     tokens.add_argument("--token", help="accepted token (visible to other local users; prefer --token-file)")
@@ -112,15 +116,51 @@ def _pull(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from copre_hub.hub.api import list_models
 
-    rows = [("ID", "CACHED", *(("ENDPOINT",) if args.remote else ()), "DESCRIPTION")]
+    cards = _published_cards_dir()
+    rows = [("ID", "CACHED", *(("ENDPOINT",) if args.remote else ()), "WEIGHTS", "DESCRIPTION")]
     for listing in list_models(remote=args.remote, author=args.author):
         cached = ",".join(rev[:12] for rev in listing.cached_revisions) or "-"
         endpoint = ("yes" if listing.on_endpoint else "no",) if args.remote else ()
-        rows.append((listing.repo_id, cached, *endpoint, listing.published.summary if listing.published else ""))
+        rows.append((listing.repo_id, cached, *endpoint, _weights(listing, cards), _description(listing, cards)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    print(
+        "\nWEIGHTS: where a copy of the weights is (cache: the local Hugging Face cache; endpoint: HF_ENDPOINT"
+        + ("" if args.remote else ", asked only with --remote")
+        + "; model_cards/<id>/: the snapshot in the source tree); '-': none found."
+    )
+    if cards is not None:
+        print(f"Cards and measured results of the published ids: {cards}/<id>/README.md")
     return 0
+
+
+def _published_cards_dir() -> Path | None:
+    """The source tree's ``model_cards/`` folder (present in a clone, absent from an installed wheel)."""
+    import copre_hub
+
+    folder = Path(copre_hub.__file__).resolve().parents[1] / "model_cards"
+    return folder if folder.is_dir() else None
+
+
+def _weights(listing: ModelListing, cards: Path | None) -> str:
+    """Where the weights of ``listing`` are: ``cache``, ``endpoint``, ``model_cards/<id>/``, or ``-``."""
+    places = []
+    if listing.cached_revisions:
+        places.append("cache")
+    if listing.on_endpoint:
+        places.append("endpoint")
+    if listing.published and cards is not None and (cards / listing.published.name / "model.safetensors").is_file():
+        places.append(f"model_cards/{listing.published.name}/")
+    return ",".join(places) or "-"
+
+
+def _description(listing: ModelListing, cards: Path | None) -> str:
+    """The registry's summary; a published id without a card in the source tree is marked as not trained yet."""
+    if listing.published is None:
+        return ""
+    untrained = cards is not None and not (cards / listing.published.name / "README.md").is_file()
+    return listing.published.summary + (" (not trained yet: no card in model_cards/)" if untrained else "")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -149,10 +189,10 @@ def _serve(args: argparse.Namespace) -> int:
     tokens = _tokens(args)
     if args.gated_reads and not tokens:
         raise ConfigError("--gated-reads needs --token-file or --token: no reader could ever authenticate.")
-    if args.max_body_mb <= 0 or args.max_uploads <= 0:
-        raise ConfigError(
-            f"--max-body-mb ({args.max_body_mb}) and --max-uploads ({args.max_uploads}) must be positive."
-        )
+    for flag, value in (("--max-body-mb", args.max_body_mb), ("--max-uploads", args.max_uploads)):
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive, got {value}.")
+    sock = bind(args.host, args.port)  # before the storage folder exists, so a busy port leaves nothing behind
     try:
         server = build_server(
             args.storage,
@@ -163,8 +203,8 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
         )
     except OSError as error:
+        sock.close()
         raise OutputError(f"cannot use {args.storage} as storage ({error.strerror}).") from error
-    sock = bind(args.host, args.port)
     writes = "writes need a token" if tokens else "read-only (no token given)"
     reads = "reads need a token" if args.gated_reads else "public reads"
     print(f"copre-hub serve: {url_of(sock)} (storage {args.storage}; {writes}; {reads})", flush=True)
@@ -173,6 +213,17 @@ def _serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: uvicorn re-raises it once shut down
         server.run(sockets=[sock])
     return 0
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number from 0 to 65535, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be from 0 to 65535 (0: any free port), got {port}")
+    return port
 
 
 def _tokens(args: argparse.Namespace) -> list[str]:
