@@ -1,4 +1,4 @@
-"""Hub verbs of the ``copre-hub`` command (push, pull, list, info, serve).
+"""Hub verbs of the ``copre-hub`` command (push, pull, list, info, serve, publish).
 
 Registering them imports nothing heavy: each handler imports what it needs when it runs.
 """
@@ -10,8 +10,12 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from copre_hub.errors import ConfigError, OutputError
+
+if TYPE_CHECKING:
+    from copre_hub.hub.ids import PublishedModel
 
 _MIB = 1 << 20
 
@@ -84,7 +88,25 @@ def register(verbs: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-body-mb", type=int, default=1024, help="largest commit body in MiB (default: 1024)")
     serve.add_argument("--max-uploads", type=int, default=4, help="commits received at once; more get 503 (default: 4)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--with-published",
+        action="store_true",
+        help="first stock the storage with the published repositories that have weights (from model_cards/)",
+    )
     serve.set_defaults(handler=_serve)
+    _register_publish(verbs)
+
+
+def _register_publish(verbs: argparse._SubParsersAction) -> None:
+    publish = verbs.add_parser(
+        "publish",
+        help="push the published snapshots (model_cards/<id>/) to the Hub endpoint",
+        description="Push each published id's snapshot, checked against its pinned sha256, to HF_ENDPOINT (token: "
+        "HF_TOKEN) as one commit tagged v1. Does nothing for an id the endpoint already holds; skips ids without "
+        "published weights.",
+    )
+    publish.add_argument("model_ids", nargs="*", metavar="ID", help="published ids (default: all of them)")
+    publish.set_defaults(handler=_publish)
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -116,7 +138,7 @@ def _list(args: argparse.Namespace) -> int:
     for listing in list_models(remote=args.remote, author=args.author):
         cached = ",".join(rev[:12] for rev in listing.cached_revisions) or "-"
         endpoint = ("yes" if listing.on_endpoint else "no",) if args.remote else ()
-        rows.append((listing.repo_id, cached, *endpoint, listing.published.summary if listing.published else ""))
+        rows.append((listing.repo_id, cached, *endpoint, _description(listing.published)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
@@ -133,6 +155,7 @@ def _info(args: argparse.Namespace) -> int:
     config = details.config
     print(f"id            {details.model_id}")
     print(f"folder        {details.path}")
+    print(f"source        {_source(details.source)}")
     if details.commit:
         print(f"commit        {details.commit}")
     print(f"architecture  {config['architecture']} ({config.get('num_classes')} classes)")
@@ -141,6 +164,25 @@ def _info(args: argparse.Namespace) -> int:
     for result in details.eval_results:
         print(f"result        {result['name'] or result['metric']}: {result['value']}")
     return 0
+
+
+def _description(published: PublishedModel | None) -> str:
+    """A published id's summary and its pinned weights (or that it has none yet); empty for other repositories."""
+    if published is None:
+        return ""
+    pin = f"weights sha256 {published.sha256[:12]}..." if published.sha256 else "no published weights yet"
+    return f"{published.summary} ({pin})"
+
+
+def _source(source: str) -> str:
+    from copre_hub import _env
+
+    return {
+        "folder": "the folder given",
+        "cache": "the Hugging Face cache",
+        "endpoint": f"the endpoint {_env.endpoint()}",
+        "snapshot": "the published snapshot in the source tree (no cache or endpoint had it)",
+    }[source]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -162,16 +204,34 @@ def _serve(args: argparse.Namespace) -> int:
             max_concurrent_uploads=args.max_uploads,
             log_level=args.log_level,
         )
+        stocked = _stock_published(args.storage) if args.with_published else []
     except OSError as error:
         raise OutputError(f"cannot use {args.storage} as storage ({error.strerror}).") from error
     sock = bind(args.host, args.port)
     writes = "writes need a token" if tokens else "read-only (no token given)"
     reads = "reads need a token" if args.gated_reads else "public reads"
     print(f"copre-hub serve: {url_of(sock)} (storage {args.storage}; {writes}; {reads})", flush=True)
+    for line in stocked:
+        print(f"copre-hub serve: {line}", flush=True)
     for warning in exposure_warnings(args.host, args.gated_reads):
         print(f"copre-hub serve: warning: {warning}", file=sys.stderr, flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: uvicorn re-raises it once shut down
         server.run(sockets=[sock])
+    return 0
+
+
+def _stock_published(storage: Path) -> list[str]:
+    from copre_hub.hub.serve.stock import stock_published
+    from copre_hub.hub.serve.storage import RepoStore
+
+    return stock_published(RepoStore(storage))
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from copre_hub.hub.publish import publish_model, select
+
+    for model in select(args.model_ids):
+        print(publish_model(model).message, flush=True)
     return 0
 
 
