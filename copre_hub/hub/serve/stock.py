@@ -26,14 +26,19 @@ def stock_published(store: RepoStore) -> list[str]:
     Raises:
         ModelNotFoundError: a pinned id has no snapshot (a wheel install; the message says where to get them).
         IntegrityError: a snapshot's weights are not the pinned ones.
-        ConfigError: a repository's ``v1`` in ``store`` already names other weights (tags never move).
+        ConfigError: a repository's ``v1`` in ``store`` already names other weights (tags never move), or another
+            writer changed the repository meanwhile.
     """
     lines = []
     for model in published_models():
         if model.sha256 is None:
             lines.append(f"{model.name}: skipped, no published weights yet (its card: {card_path(model)})")
-        else:
-            lines.append(_stock(store, model, snapshot(model)))
+            continue
+        folder = snapshot(model)
+        try:
+            lines.append(_stock(store, model, folder))
+        except StoreError as error:  # a concurrent writer: the repository was created, moved or tagged meanwhile
+            raise ConfigError(f"cannot stock {model.name} in {store.root}: {error}; start the server again.") from error
     return lines
 
 
@@ -59,10 +64,7 @@ def _stock(store: RepoStore, model: PublishedModel, folder: Path) -> str:
             *(AddFile(path, entry) for path, entry in files.items()),
         ]
         summary = f"Publish {model.name} ({PUBLISHED_TAG})"
-        try:
-            commit = store.commit(repo, DEFAULT_REVISION, operations, summary, parent_commit=head).oid
-        except StoreError as error:  # 412: another writer moved main meanwhile
-            raise ConfigError(f"cannot stock {repo.id} in {store.root}: {error}.") from error
+        commit = store.commit(repo, DEFAULT_REVISION, operations, summary, parent_commit=head).oid
     store.create_ref(repo, "tags", PUBLISHED_TAG, commit)
     return f"{model.name}: stocked {repo.id}@{PUBLISHED_TAG}, commit {commit[:12]} (sha256 {model.sha256[:12]}...)"
 
