@@ -13,6 +13,9 @@
 ``COPRE_HUB_STORED_TOKEN`` ``1`` to send the stored login (``$HF_HOME/token``, from ``hf auth login``) to an
                            endpoint other than huggingface.co when ``HF_TOKEN`` is unset; by default it is sent
                            to huggingface.co only, so a huggingface.co token never reaches a self-hosted endpoint.
+``COPRE_HUB_SNAPSHOTS``    folder of published snapshots (``<id>/config.json``, ``model.safetensors``, ...) used
+                           when the cache and the endpoint lack a published id; default: ``model_cards/`` of the
+                           source checkout the package runs from (a wheel install has none).
 ``COPRE_HUB_VERBOSITY``    level of the ``copre_hub`` logger (``debug``, ``info``, ``warning``, ``error``);
                            read once, at the first import that logs.
 =========================  ==========================================================================================
@@ -90,6 +93,12 @@ def token(endpoint: str) -> str | bool | None:
     if endpoint == DEFAULT_ENDPOINT or os.environ.get("COPRE_HUB_STORED_TOKEN", "").strip().lower() in _TRUE:
         return None
     return False
+
+
+def snapshots_dir() -> Path | None:
+    """The folder ``COPRE_HUB_SNAPSHOTS`` names, or None when it is unset."""
+    value = os.environ.get("COPRE_HUB_SNAPSHOTS", "").strip()
+    return Path(value).expanduser() if value else None
 
 
 def cache_dir() -> Path:

@@ -6,7 +6,7 @@ handler and its level comes from ``COPRE_HUB_VERBOSITY`` (``debug``, ``info``, `
 application's own logging configuration sees them too.
 
 >>> # COPRE_HUB_VERBOSITY=info python -c 'import copre_hub; copre_hub.load("copreFL-resnet18-cifar100")'
->>> # copre_hub: loaded copre-hub/copreFL-resnet18-cifar100 from http://... (revision main, commit ..., sha256 ...)
+>>> # copre_hub.hub.api: loaded copreFL-resnet18-cifar100: sha256 ..., from http://... (revision v1, commit ...)
 """
 
 from __future__ import annotations

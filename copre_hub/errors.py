@@ -44,12 +44,20 @@ class OfflineModelNotCachedError(ModelNotFoundError):
     """Offline mode is on and the requested checkpoint is not in the local cache."""
 
 
+class UnpublishedModelError(ModelNotFoundError):
+    """A published id whose weights are not published yet (its registry pin is None), and no endpoint holds it.
+
+    The message reads ``'<id>' has no published weights yet (its card: ...); ...``.
+    """
+
+
 class CheckpointError(CopreHubError, ValueError):
     """A checkpoint folder is malformed: missing weights, pickle-only, config of another architecture."""
 
 
 class IntegrityError(CheckpointError):
-    """The weights' sha256 differs from the one recorded in ``config.json``."""
+    """The weights' sha256 differs from the one recorded in ``config.json``, or, for a published id, from the one
+    the registry pins (the message then names the id, the expected and the found sha256)."""
 
 
 class AuthError(CopreHubError, PermissionError):

@@ -12,6 +12,14 @@ Resolution order of :func:`pull` (and so of :func:`load` and :func:`info`):
    endpoint because it moves: a cached ``main`` may be stale. When the endpoint cannot be reached, or fails
    mid-request (a reset connection, a 5xx), the cached revision is used, with a warning.
 
+A published short id (a row of :data:`copre_hub.hub.ids.PUBLISHED`, with no revision or its published tag ``v1``)
+whose registry pin is set resolves instead from: the cache (tag ``v1``, no network: pinned bytes never go stale),
+then the endpoint (online, when it holds the repository at ``v1``), then the snapshot shipped in the source tree
+(:mod:`copre_hub.hub.snapshots`). Offline, the cache then the snapshot. Every copy is checked against the pinned
+sha256, and a mismatch is an ``IntegrityError``, never a fall-through to the next source. A published id without
+a pin resolves as any Hub id; found nowhere, it is an ``UnpublishedModelError`` (no published weights yet).
+:func:`info` reports which source was used, :func:`load` logs it.
+
 Tokens: ``HF_TOKEN`` is sent when set; the stored login of ``huggingface_hub`` only to huggingface.co, or when
 ``COPRE_HUB_STORED_TOKEN=1`` (see :func:`copre_hub._env.token`), so a huggingface.co token never reaches a
 self-hosted endpoint. The ``copre_hub`` logger says at ``info`` what each :func:`load` resolved.
@@ -25,7 +33,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from copre_hub import _env
 from copre_hub._logging import get_logger
@@ -53,16 +61,18 @@ from copre_hub.hub.checkpoint import (
 )
 from copre_hub.hub.ids import (
     DEFAULT_REVISION,
-    PUBLISHED,
+    PUBLISHED_TAG,
     ModelRef,
     PublishedModel,
     is_commit_hash,
     parse_model_id,
     parse_repo_id,
     published_model,
+    published_models,
     published_repo_id,
     validate_revision,
 )
+from copre_hub.hub.snapshots import check_pin, snapshot, unpublished_error
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +80,17 @@ if TYPE_CHECKING:
 
 _REPO_FOLDER_PREFIX = "models--"
 _logger = get_logger(__name__)
+
+Source = Literal["folder", "cache", "endpoint", "snapshot"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    """A resolved checkpoint: its local ``folder``, the kind of ``source`` and, for messages, ``where`` exactly."""
+
+    folder: Path
+    source: Source
+    where: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +123,8 @@ class CheckpointInfo:
         card: the model card's YAML metadata.
         eval_results: the card's ``model-index`` results, one dict per metric.
         sha256: sha256 of ``model.safetensors`` (recorded in ``config.json`` and checked).
+        source: where the checkpoint came from: ``"folder"`` (a path given), ``"cache"`` (the Hugging Face cache),
+            ``"endpoint"`` (downloaded now) or ``"snapshot"`` (a published snapshot of the source tree).
     """
 
     model_id: str
@@ -112,6 +135,7 @@ class CheckpointInfo:
     card: dict[str, Any]
     eval_results: list[dict[str, Any]]
     sha256: str | None
+    source: Source
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``path`` as a string)."""
@@ -150,7 +174,9 @@ def load(
         ModelNotFoundError: nothing under that id at the endpoint or in the cache.
         RevisionNotFoundError: the repository exists but not the revision.
         OfflineModelNotCachedError: ``HF_HUB_OFFLINE=1`` and the checkpoint was never pulled.
-        IntegrityError: ``model.safetensors`` differs from the sha256 recorded in ``config.json``.
+        UnpublishedModelError: a published id that has no published weights yet.
+        IntegrityError: ``model.safetensors`` differs from the sha256 recorded in ``config.json``, or for a
+            published id from the registry's pin (the message names the id and both sha256).
         CheckpointError: missing weights, pickle-only folder, or a ``config.json`` of another architecture.
         AuthError: the endpoint refused the token.
         ConfigError: ``pretrained=False``.
@@ -164,30 +190,34 @@ def load(
             "architecture call timm.create_model(architecture, pretrained=False)."
         )
     ref = parse_model_id(model_id)
-    folder = _fetch(ref, revision, Path(cache_dir).expanduser() if cache_dir is not None else None)
-    with _naming(ref, folder):
+    found = _fetch(ref, revision, Path(cache_dir).expanduser() if cache_dir is not None else None)
+    folder = found.folder
+    with _naming(ref, found):
         model = load_checkpoint(folder, num_classes=num_classes, checkpoint_path=checkpoint_path, **timm_kwargs)
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))  # load_checkpoint checked it
-    _logger.info("loaded %s: sha256 %s", ref.text, recorded_sha256(config, folder) or "not recorded (plain timm)")
+    sha256 = recorded_sha256(config, folder) or "not recorded (plain timm)"
+    _logger.info("loaded %s: sha256 %s, from %s", ref.text, sha256, found.where)
     return model
 
 
 def pull(model_id: str | os.PathLike[str], revision: str | None = None) -> Path:
     """Make a checkpoint available locally and return its folder.
 
-    Hub ids land in the Hugging Face cache (``$HF_HOME/hub``); the returned folder is the cached snapshot. The
-    folder is verified (files present, sha256 of the weights) before it is returned. See the module docstring
-    for the resolution order.
+    Hub ids land in the Hugging Face cache (``$HF_HOME/hub``); the returned folder is the cached snapshot. A
+    published id that only its source snapshot holds returns that folder (``model_cards/<id>/``; nothing is copied).
+    The folder is verified (files present, sha256 of the weights, the registry's pin) before it is returned. See the
+    module docstring for the resolution order.
 
     Raises:
-        ModelNotFoundError, RevisionNotFoundError, OfflineModelNotCachedError, AuthError: as for :func:`load`.
-        CheckpointError, IntegrityError: the folder is not a sound checkpoint.
+        ModelNotFoundError, RevisionNotFoundError, OfflineModelNotCachedError, UnpublishedModelError, AuthError: as
+            for :func:`load`.
+        CheckpointError, IntegrityError: the folder is not a sound checkpoint, or not the pinned weights.
     """
     ref = parse_model_id(model_id)
-    folder = _fetch(ref, revision)
-    with _naming(ref, folder):
-        verify_checkpoint(folder)
-    return folder
+    found = _fetch(ref, revision)
+    with _naming(ref, found):
+        verify_checkpoint(found.folder)
+    return found.folder
 
 
 def push(
@@ -300,7 +330,7 @@ def list_models(remote: bool = False, author: str | None = None) -> list[ModelLi
         key = repo_id.lower()
         listings[key] = dataclasses.replace(listings.get(key, ModelListing(repo_id=repo_id)), **fields)
 
-    for model in PUBLISHED:
+    for model in published_models():
         add(published_repo_id(model), published=model)
     for repo_id, revisions in _cached_repos().items():
         org, _, name = repo_id.partition("/")
@@ -320,8 +350,9 @@ def info(model_id: str | os.PathLike[str], revision: str | None = None) -> Check
         As :func:`pull`.
     """
     ref = parse_model_id(model_id)
-    folder = _fetch(ref, revision)
-    with _naming(ref, folder):
+    found = _fetch(ref, revision)
+    folder = found.folder
+    with _naming(ref, found):
         config = verify_checkpoint(folder)
     card = _card_data(folder / CARD_NAME)
     results = [
@@ -344,6 +375,7 @@ def info(model_id: str | os.PathLike[str], revision: str | None = None) -> Check
         card=card.to_dict() if card is not None else {},
         eval_results=results,
         sha256=(config.get("copre_hub") or {}).get("sha256"),
+        source=found.source,
     )
 
 
@@ -359,12 +391,9 @@ def _card_data(path: Path) -> ModelCardData | None:
         return None
 
 
-def _fetch(ref: ModelRef, revision: str | None, cache_dir: Path | None = None) -> Path:
-    """The local folder of ``ref``: the given folder, a cache snapshot, or a fresh download (see module doc)."""
-    import httpx
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
+def _fetch(ref: ModelRef, revision: str | None, cache_dir: Path | None = None) -> _Found:
+    """The local folder of ``ref`` and where it came from: the given folder, a cache snapshot, a fresh download, or
+    for a published id a source snapshot (see module doc)."""
     if ref.path is not None:
         if revision is not None:
             raise ConfigError(f"revision={revision!r} applies to Hub ids, not to the folder {ref.path}.")
@@ -373,15 +402,79 @@ def _fetch(ref: ModelRef, revision: str | None, cache_dir: Path | None = None) -
                 f"{ref.text!r}: no checkpoint folder at {ref.path}; check the path, or see `copre-hub list` for ids."
             )
         _logger.info("%s: the folder %s", ref.text, ref.path)
-        return ref.path
-    revision = _revision(ref, revision)
+        return _Found(ref.path, "folder", f"the folder {ref.path}")
+    resolved = _revision(ref, revision)
     cache_dir = cache_dir or _env.hub_cache_dir()
+    if ref.published is not None and (revision or ref.revision) in (None, PUBLISHED_TAG):
+        return _fetch_published(ref, ref.published, resolved, cache_dir)
+    return _fetch_hub(ref, resolved, cache_dir)
+
+
+def _fetch_published(ref: ModelRef, model: PublishedModel, revision: str, cache_dir: Path) -> _Found:
+    """A published id: with a pin, the cache, the endpoint (online), then the source snapshot, each checked against
+    the pin; without one, as any Hub id, and found nowhere it has no published weights yet."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if model.sha256 is None:
+        try:
+            return _fetch_hub(ref, revision, cache_dir)
+        except RevisionNotFoundError:
+            raise
+        except ModelNotFoundError as error:
+            raise unpublished_error(model) from error
+    repo_id = _cached_spelling(ref.repo_id, cache_dir)
+    with contextlib.suppress(LocalEntryNotFoundError):
+        folder = Path(snapshot_download(repo_id, revision=PUBLISHED_TAG, cache_dir=cache_dir, local_files_only=True))
+        check_pin(model, folder, "the cached copy", f"delete {folder.parent.parent} and load again")
+        _logger.info("%s: tag %s from the cache, commit %s", ref.text, PUBLISHED_TAG, folder.name)
+        return _Found(folder, "cache", f"the cache {folder}")
+    miss = "HF_HUB_OFFLINE=1 keeps the endpoint out"
+    if not _env.offline():
+        endpoint = _env.endpoint()
+        try:
+            found = _fetch_hub(ref, PUBLISHED_TAG, cache_dir)
+        except (ModelNotFoundError, HubEndpointError) as error:
+            miss = _endpoint_miss(error, endpoint)
+            _logger.info("%s: %s; trying the source snapshot", ref.text, miss)
+        else:
+            fix = (
+                f"{endpoint} serves other weights under this id; load them by an explicit revision "
+                f"({ref.repo_id}@main), or point HF_ENDPOINT at an endpoint that holds the published ones"
+            )
+            check_pin(model, found.folder, f"the copy from {endpoint}", fix)
+            return found
+    try:
+        folder = snapshot(model)
+    except ModelNotFoundError as error:
+        raise ModelNotFoundError(f"{ref.text!r}: not in the cache {cache_dir}; {miss}; {error}") from error
+    _logger.info("%s: the source snapshot %s (sha256 %s, as pinned)", ref.text, folder, model.sha256)
+    return _Found(folder, "snapshot", f"the snapshot {folder}")
+
+
+def _endpoint_miss(error: CopreHubError, endpoint: str) -> str:
+    """Why the endpoint gave no copy of a published id, in a few words."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if isinstance(error, RevisionNotFoundError):
+        return f"{endpoint} has the repository but no tag {PUBLISHED_TAG}"
+    if isinstance(error.__cause__, RepositoryNotFoundError):
+        return f"{endpoint} has no such repository"
+    return f"{endpoint} failed ({_reason(error.__cause__ or error)})"
+
+
+def _fetch_hub(ref: ModelRef, revision: str, cache_dir: Path) -> _Found:
+    """A Hub id at ``revision``: the cache (offline, or a commit id) or the endpoint, falling back to the cache."""
+    import httpx
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
     repo_id = _cached_spelling(ref.repo_id, cache_dir)
     if _env.offline() or is_commit_hash(revision):
         with contextlib.suppress(LocalEntryNotFoundError):
             folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
             _logger.info("%s: revision %s from the cache, commit %s", ref.text, revision, folder.name)
-            return folder
+            return _Found(folder, "cache", f"the cache {folder}")
         if _env.offline():
             raise OfflineModelNotCachedError(
                 f"{ref.text!r} (revision {revision}) is not in the local cache {cache_dir} and HF_HUB_OFFLINE=1; "
@@ -410,14 +503,14 @@ def _fetch(ref: ModelRef, revision: str | None, cache_dir: Path | None = None) -
                     revision,
                     folder.name,
                 )
-                return folder
+                return _Found(folder, "cache", f"the cache {folder}")
             raise ModelNotFoundError(
                 f"{ref.text!r}: {endpoint} cannot be reached ({_reason(error)}) and {repo_id}@{revision} is not in "
                 f"the cache {cache_dir}; check HF_ENDPOINT and the network, or run `copre-hub pull {ref.text}` on a "
                 "connected machine."
             ) from error
     _logger.info("%s: revision %s from %s, commit %s", ref.text, revision, endpoint, folder.name)
-    return folder
+    return _Found(folder, "endpoint", f"{endpoint} (revision {revision}, commit {folder.name})")
 
 
 def _hf_api(endpoint: str, token: str | bool | None) -> HfApi:
@@ -556,7 +649,7 @@ def _no_token_sent(endpoint: str) -> str:
 
 
 @contextlib.contextmanager
-def _naming(ref: ModelRef, folder: Path) -> Iterator[None]:
+def _naming(ref: ModelRef, found: _Found) -> Iterator[None]:
     """Prefix checkpoint errors with the id the caller used (they name the folder, which may be a cache snapshot);
     for a corrupted cached file, say how to get a clean copy (the cache would re-link the same blob)."""
     try:
@@ -565,8 +658,8 @@ def _naming(ref: ModelRef, folder: Path) -> Iterator[None]:
         if ref.path is not None:
             raise
         fix = ""
-        if isinstance(error, IntegrityError):
-            fix = f" Delete the cached copy {folder.parent.parent} and pull again."
+        if isinstance(error, IntegrityError) and found.source in ("cache", "endpoint"):
+            fix = f" Delete the cached copy {found.folder.parent.parent} and pull again."
         raise type(error)(f"{ref.text!r}: {error}{fix}") from error
 
 

@@ -1,4 +1,4 @@
-"""Hub verbs of the ``copre-hub`` command (push, pull, list, info, serve).
+"""Hub verbs of the ``copre-hub`` command (push, pull, list, info, serve, publish).
 
 Registering them imports nothing heavy: each handler imports what it needs when it runs.
 """
@@ -88,7 +88,25 @@ def register(verbs: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-body-mb", type=int, default=1024, help="largest commit body in MiB (default: 1024)")
     serve.add_argument("--max-uploads", type=int, default=4, help="commits received at once; more get 503 (default: 4)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--with-published",
+        action="store_true",
+        help="first stock the storage with the published repositories that have weights (from model_cards/)",
+    )
     serve.set_defaults(handler=_serve)
+    _register_publish(verbs)
+
+
+def _register_publish(verbs: argparse._SubParsersAction) -> None:
+    publish = verbs.add_parser(
+        "publish",
+        help="push the published snapshots (model_cards/<id>/) to the Hub endpoint",
+        description="Push each published id's snapshot, checked against its pinned sha256, to HF_ENDPOINT (token: "
+        "HF_TOKEN) as one commit tagged v1. Does nothing for an id the endpoint already holds; skips ids without "
+        "published weights.",
+    )
+    publish.add_argument("model_ids", nargs="*", metavar="ID", help="published ids (default: all of them)")
+    publish.set_defaults(handler=_publish)
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -156,11 +174,15 @@ def _weights(listing: ModelListing, cards: Path | None) -> str:
 
 
 def _description(listing: ModelListing, cards: Path | None) -> str:
-    """The registry's summary; a published id without a card in the source tree is marked as not trained yet."""
-    if listing.published is None:
+    """A published id's summary and its pinned weights (or that it has none yet); an id without a card in the
+    source tree is marked as not trained yet. Empty for other repositories."""
+    published = listing.published
+    if published is None:
         return ""
-    untrained = cards is not None and not (cards / listing.published.name / "README.md").is_file()
-    return listing.published.summary + (" (not trained yet: no card in model_cards/)" if untrained else "")
+    if cards is not None and not (cards / published.name / "README.md").is_file():
+        return f"{published.summary} (not trained yet: no card in model_cards/)"
+    pin = f"weights sha256 {published.sha256[:12]}..." if published.sha256 else "no published weights yet"
+    return f"{published.summary} ({pin})"
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -173,6 +195,7 @@ def _info(args: argparse.Namespace) -> int:
     config = details.config
     print(f"id            {details.model_id}")
     print(f"folder        {details.path}")
+    print(f"source        {_source(details.source)}")
     if details.commit:
         print(f"commit        {details.commit}")
     print(f"architecture  {config['architecture']} ({config.get('num_classes')} classes)")
@@ -181,6 +204,17 @@ def _info(args: argparse.Namespace) -> int:
     for result in details.eval_results:
         print(f"result        {result['name'] or result['metric']}: {result['value']}")
     return 0
+
+
+def _source(source: str) -> str:
+    from copre_hub import _env
+
+    return {
+        "folder": "the folder given",
+        "cache": "the Hugging Face cache",
+        "endpoint": f"the endpoint {_env.endpoint()}",
+        "snapshot": "the published snapshot in the source tree (no cache or endpoint had it)",
+    }[source]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -202,12 +236,15 @@ def _serve(args: argparse.Namespace) -> int:
             max_concurrent_uploads=args.max_uploads,
             log_level=args.log_level,
         )
+        stocked = _stock_published(args.storage) if args.with_published else []
     except OSError as error:
         sock.close()
         raise OutputError(f"cannot use {args.storage} as storage ({error.strerror}).") from error
     writes = "writes need a token" if tokens else "read-only (no token given)"
     reads = "reads need a token" if args.gated_reads else "public reads"
     print(f"copre-hub serve: {url_of(sock)} (storage {args.storage}; {writes}; {reads})", flush=True)
+    for line in stocked:
+        print(f"copre-hub serve: {line}", flush=True)
     for warning in exposure_warnings(args.host, args.gated_reads):
         print(f"copre-hub serve: warning: {warning}", file=sys.stderr, flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops: uvicorn re-raises it once shut down
@@ -224,6 +261,21 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be from 0 to 65535 (0: any free port), got {port}")
     return port
+
+
+def _stock_published(storage: Path) -> list[str]:
+    from copre_hub.hub.serve.stock import stock_published
+    from copre_hub.hub.serve.storage import RepoStore
+
+    return stock_published(RepoStore(storage))
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from copre_hub.hub.publish import publish_model, select
+
+    for model in select(args.model_ids):
+        print(publish_model(model).message, flush=True)
+    return 0
 
 
 def _tokens(args: argparse.Namespace) -> list[str]:

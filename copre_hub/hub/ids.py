@@ -11,7 +11,11 @@ Accepted spellings, all case-insensitive for the published names:
 ==========================================  ============================================================
 
 A bare name or ``org/name`` that is also an existing folder is refused as ambiguous, with both spellings that work
-(timm does the same). The published initializations are rows of :data:`PUBLISHED`, not code.
+(timm does the same). The published initializations are rows of :data:`PUBLISHED`, not code; each row pins the
+sha256 of its weights, and every reader (``load``, ``pull``, ``info``, ``list``, ``publish``, ``serve
+--with-published``, the card tests) takes it from there, through :func:`published_models` and :func:`published_model`,
+which read :data:`PUBLISHED` at call time: a test replaces the registry with
+``monkeypatch.setattr(copre_hub.hub.ids, "PUBLISHED", (...))``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from copre_hub.errors import ConfigError
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 DEFAULT_REVISION = "main"
+PUBLISHED_TAG = "v1"  # the tag of every published repository's commit (tags never move)
 
 # huggingface_hub's repo-id rules (utils/_validators.py): ASCII word chars, '-', '.', at most 96 per part,
 # no leading/trailing '-' or '.', no '--' or '..', no '.git' suffix.
@@ -45,6 +50,9 @@ class PublishedModel:
         architecture: the backbone family named in the id.
         dataset: pre-training dataset.
         summary: one line for ``copre-hub list``.
+        sha256: sha256 of its published ``model.safetensors`` (the snapshot ``model_cards/<name>/`` and the Hub
+            repository's :data:`PUBLISHED_TAG` hold exactly these bytes), or None while it has no published
+            weights.
     """
 
     name: str
@@ -52,6 +60,7 @@ class PublishedModel:
     architecture: str
     dataset: str
     summary: str
+    sha256: str | None = None
 
 
 PUBLISHED: tuple[PublishedModel, ...] = (
@@ -61,6 +70,7 @@ PUBLISHED: tuple[PublishedModel, ...] = (
         architecture="resnet18",
         dataset="cifar100",
         summary="CoPreFL, Scenario I (pre-training data only on clients), CIFAR-100 classes 0-79",
+        sha256=None,  # its card names ebd29d1d..., weights that were never committed: not published yet
     ),
     PublishedModel(
         name="copreFL-resnet18-cifar100-hybrid",
@@ -68,6 +78,7 @@ PUBLISHED: tuple[PublishedModel, ...] = (
         architecture="resnet18",
         dataset="cifar100",
         summary="CoPreFL, Scenario II (clients plus a 5% server dataset), CIFAR-100 classes 0-79",
+        sha256=None,  # its card names 7ede922f..., weights that were never committed: not published yet
     ),
     PublishedModel(
         name="fedavg-resnet18-cifar100",
@@ -75,10 +86,9 @@ PUBLISHED: tuple[PublishedModel, ...] = (
         architecture="resnet18",
         dataset="cifar100",
         summary="FedAvg pre-training baseline, CIFAR-100 classes 0-79",
+        sha256=None,  # not trained yet
     ),
 )
-
-_PUBLISHED_BY_KEY = {model.name.lower(): model for model in PUBLISHED}
 
 
 @dataclass(frozen=True)
@@ -100,9 +110,15 @@ class ModelRef:
     published: PublishedModel | None = None
 
 
+def published_models() -> tuple[PublishedModel, ...]:
+    """The registry: every published initialization, with or without published weights."""
+    return PUBLISHED
+
+
 def published_model(name: str) -> PublishedModel | None:
     """The registry row of a published short id, matched case-insensitively, or None."""
-    return _PUBLISHED_BY_KEY.get(name.lower())
+    key = name.lower()
+    return next((model for model in published_models() if model.name.lower() == key), None)
 
 
 def published_repo_id(model: PublishedModel) -> str:
