@@ -327,12 +327,16 @@ def nominal_images(args: argparse.Namespace, job: Job) -> int:
 
 def throughput(args: argparse.Namespace, architecture: str) -> dict | None:
     """Run ``gpu_throughput.py`` (short settings) on ``architecture``, or with ``--no-throughput`` read the JSON
-    of an earlier run; None when there is none."""
+    of an earlier run; None when there is none. A failed measurement is reported and the table runs anyway (its
+    time is what the budget is for)."""
     path = args.results_dir / "gpu_throughput.json"
     if not args.no_throughput:
         settings = THROUGHPUT_TINY if args.tiny else THROUGHPUT_SHORT
         command = [sys.executable, str(HERE / "gpu_throughput.py"), *settings, "--arch", architecture]
-        subprocess.run([*command, "--out-dir", str(args.results_dir)], check=True, cwd=REPO)
+        path.unlink(missing_ok=True)  # an older record must not pass for this measurement
+        done = subprocess.run([*command, "--out-dir", str(args.results_dir)], cwd=REPO)
+        if done.returncode != 0:
+            print(f"[throughput] gpu_throughput.py failed (exit {done.returncode}); no peak, the table runs anyway")
     return json.loads(path.read_text()) if path.is_file() else None
 
 
