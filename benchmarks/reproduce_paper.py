@@ -137,6 +137,7 @@ PAPER: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
         "1.0": {ACC: (86.33, 1.92), VAR: (39.81, 2.30)},
     },
 }
+MISSING = "not finished"  # our cell of a run that has no evaluation yet
 DISPLAY = {
     "random": "Random",
     "centralized": "Centralized",
@@ -262,8 +263,20 @@ def evaluate_all(
     )
 
 
-def evaluate_one(run: Run, checkpoint: Path | None, protocol, data, architecture: str, work: Path, progress: bool):
-    """One initialization's report; kept in ``work/evaluate/`` and reused by a rerun with the same protocol."""
+def evaluate_one(
+    run: Run,
+    checkpoint: Path | None,
+    protocol,
+    data,
+    architecture: str,
+    work: Path,
+    progress: bool,
+    processes=None,
+):
+    """One initialization's report; kept in ``work/evaluate/`` and reused by a rerun with the same protocol.
+
+    ``processes`` (a :class:`copre_hub.fl.distributed.Processes`) sets the device and precision; by default
+    CUDA when there is one, in float32."""
     from copre_hub.fl.evaluate import evaluate
 
     print(f"[evaluate] {run.label}: {protocol.tasks} tasks x {protocol.rounds} rounds")
@@ -276,6 +289,7 @@ def evaluate_one(run: Run, checkpoint: Path | None, protocol, data, architecture
         labels=[run.label],
         progress=progress,
         cache_dir=work / "evaluate",
+        processes=processes,
     )
 
 
@@ -283,12 +297,17 @@ def evaluate_one(run: Run, checkpoint: Path | None, protocol, data, architecture
 
 
 def paper_tables(runs: list[Run], report: dict, dataset: str) -> list[dict]:
-    """Our numbers beside the paper's: each table a title, a note, a header and rows of cells."""
+    """Our numbers beside the paper's: each table a title, a note, a header and rows of cells.
+
+    A run missing from ``report`` (not finished) keeps its row, with ``MISSING`` in our cells."""
     ours = {entry["label"]: entry["summary"] for entry in report["initializations"]}
     label: dict[tuple[str, int, float | None], str] = {}
     for r in runs:  # of a sweep (q-FFL's q), the best mean accuracy stands for the method, as in the paper
         key = (r.method, r.scenario, r.gamma)
-        if key not in label or ours[r.label][ACC] > ours[label[key]][ACC]:
+        if r.label not in ours:
+            label.setdefault(key, r.label)
+            continue
+        if key not in label or label[key] not in ours or ours[r.label][ACC] > ours[label[key]][ACC]:
             label[key] = r.label
     gamma, gamma_hybrid = DATASETS[dataset]["gamma"], DATASETS[dataset]["gamma_hybrid"]
     paper = "CIFAR-100" + ("" if dataset == "cifar100" else " (FEMNIST's Tables 43-46 are not in our reference notes)")
@@ -297,10 +316,10 @@ def paper_tables(runs: list[Run], report: dict, dataset: str) -> list[dict]:
     def rows(table: str, methods: list[tuple[str, int, float | None]], metrics: tuple[str, ...]) -> list[list[str]]:
         out = []
         for method, scenario, g in methods:
-            name = label[(method, scenario, g)]
+            name = label.get((method, scenario, g))  # None: not in the plan (a subset of it was run)
             theirs = PAPER[table].get(method, {})
-            cells = [cell for m in metrics for cell in (_cell(ours[name], m), _paper_cell(theirs.get(m)))]
-            out.append([f"{DISPLAY[method]} ({name})", *cells])
+            cells = [cell for m in metrics for cell in (_cell(ours.get(name), m), _paper_cell(theirs.get(m)))]
+            out.append([f"{DISPLAY[method]} ({name or 'not run'})", *cells])
         return out
 
     table1a = [("fedavg", 1, None), ("fedmeta", 1, None), ("qffl", 1, None), ("coprefl", 1, gamma)]
@@ -327,7 +346,8 @@ def paper_tables(runs: list[Run], report: dict, dataset: str) -> list[dict]:
             "accuracy and higher variance)",
             "header": ["gamma", "Acc (ours)", "Acc (paper, Tiny-IN)", "Var (ours)", "Var (paper, Tiny-IN)"],
             "rows": [
-                [str(r.gamma), *(c for m in (ACC, VAR) for c in _gamma_cells(ours[r.label], r.gamma, m))] for r in sweep
+                [str(r.gamma), *(c for m in (ACC, VAR) for c in _gamma_cells(ours.get(r.label), r.gamma, m))]
+                for r in sweep
             ],
         },
     ]
@@ -372,7 +392,7 @@ def paired_table(report: dict, reference: str = "fedavg") -> dict:
     }
 
 
-def _gamma_cells(summary: dict, gamma: float, metric: str) -> tuple[str, str]:
+def _gamma_cells(summary: dict | None, gamma: float, metric: str) -> tuple[str, str]:
     return _cell(summary, metric), _paper_cell(PAPER["table2"].get(str(gamma), {}).get(metric))
 
 
@@ -381,7 +401,9 @@ def _pairs(metrics: tuple[str, ...]) -> list[str]:
     return [f"{names[m]} ({who})" for m in metrics for who in ("ours", "paper")]
 
 
-def _cell(summary: dict, metric: str) -> str:
+def _cell(summary: dict | None, metric: str) -> str:
+    if summary is None:
+        return MISSING
     return f"{summary[metric]:.2f} ± {summary[metric + '_std']:.2f}"
 
 

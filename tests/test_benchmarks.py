@@ -202,3 +202,45 @@ def test_select_pretraining_tunes_every_method_on_validation_tasks(data_dir, tmp
         "--pretrain-set",
         f"fedavg:method.lr={best['settings']['lr']}",
     ]
+
+
+def test_paper_on_gpu_stops_at_the_budget_then_resumes_and_reuses(data_dir, tmp_path: Path) -> None:
+    paper = importlib.import_module("paper_on_gpu")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "gpu_throughput.json").write_text(json.dumps({"peak_images_per_second": 1000.0}))
+    args = ["--device", "cpu", "--tiny", "--workers", "2", "--labels", "random", "fedavg", "--no-throughput"]
+    args += ["--work-dir", str(tmp_path / "work"), "--results-dir", str(results), "--data-dir", str(data_dir)]
+    written = results / "paper-on-gpu-cifar100-tiny.json"
+
+    assert paper.main([*args, "--budget-seconds", "0"]) == 0  # nothing fits: every row is written as missing
+    stopped = json.loads(written.read_text())
+    assert stopped["not_finished"] == ["random", "fedavg"] and stopped["evaluation"] is None
+    assert all(job == {"skipped": True} for job in stopped["jobs"].values()) and len(stopped["jobs"]) == 3
+    table1a = stopped["tables"][0]
+    assert table1a["rows"][0][:3] == ["FedAvg (fedavg)", "not finished", "78.96 ± 2.98"]
+
+    assert paper.main(args) == 0  # the same call without a budget finishes every piece
+    done = json.loads(written.read_text())
+    assert done["not_finished"] == [] and sorted(done["jobs"]) == sorted(stopped["jobs"])
+    assert all(job["returncode"] == 0 for job in done["jobs"].values())
+    # 2 rounds x 4 participants x the mean client size (10 classes x 600 images, less the server's 5%, over 20
+    # clients), 1 epoch; and per initialization 2 tasks x 2 rounds x 10 clients x 5 steps x 32 images
+    assert done["nominal_image_steps"] == 2 * 4 * 285 + 2 * (2 * 2 * 10 * 5 * 32)
+    assert done["fraction_of_peak"] == pytest.approx(done["images_per_second"] / 1000.0)
+    fedavg_row = done["tables"][0]["rows"][0]
+    assert fedavg_row[0] == "FedAvg (fedavg)" and "not finished" not in fedavg_row
+    assert [t["title"].split(":")[0] for t in done["tables"]][-2:] == ["Paired", "Pre-training"]
+
+    assert paper.main(args) == 0  # a rerun starts nothing and gives the same numbers
+    again = json.loads(written.read_text())
+    assert again["jobs"] == {} and again["evaluation"]["initializations"] == done["evaluation"]["initializations"]
+
+
+def test_small_clients_compares_the_in_place_loop_and_times_fixed_costs(tmp_path: Path) -> None:
+    args = ["--clients", "6", "--participants", "3", "--client-size", "20", "--repeats", "2", "--cost-repeats", "2"]
+    record = run("small_clients", tmp_path, *TINY_MODEL, *args)
+    assert [len(record["seconds_per_round"][loop]["runs"]) for loop in ("C", "P2", "E")] == [2, 2, 2]
+    assert set(record["fixed_costs_ms_per_client"]) == {"restore", "accumulate", "draws", "batch gather + normalise"}
+    assert record["first_round_max_weight_difference_p2_vs_engine"] < 1e-5  # P2 computes the engine's FedAvg
+    assert [t["name"] for t in record["targets"]] == ["E over P2 (speed)", "C over E (efficiency)"]

@@ -1,0 +1,190 @@
+"""Small clients: the engine's FedAvg round against the in-place loop and a plain centralized loop, and where the
+engine's time per client goes beyond the SGD steps.
+
+    python benchmarks/small_clients.py                 # resnet18 at 32x32, 20 of 100 clients x 64 images, 1 epoch
+    python benchmarks/small_clients.py --arch test_resnet --participants 4 --repeats 2   # seconds
+
+Three loops over the same participants, batch order (``iterate_batches`` with the engine's generators), data (uint8,
+normalised per batch) and plain SGD, interleaved in one process (the order rotates each repetition):
+
+* C, centralized: ``torch.optim.SGD`` over as many image-steps in one model, no federation at all;
+* P2, the in-place loop a careful student writes: one model, ``load_state_dict`` of the global state per client,
+  ``torch.optim.SGD``, a running float32 weighted sum of the state dicts;
+* E, the engine: ``FedAvg.round`` on a :class:`~copre_hub.fl.simulation.Simulation`.
+
+Goals (issue 18): E at least as fast as P2 and at least 0.95 of C. Then the engine's per-client fixed costs are
+timed alone, each repeated on the same client: restoring the round's start, adding the client to the float64
+accumulator, making the draws (the batch generator and the shuffled order) and gathering and normalising the
+batches, against the whole per-client time of E.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import torch
+from _common import (
+    centralized_sgd,
+    common_args,
+    create_model,
+    normalizer,
+    print_table,
+    print_targets,
+    seconds,
+    set_threads,
+    summary,
+    synthetic_federation,
+    target,
+    write_result,
+)
+from torch.nn import functional as F
+
+from copre_hub.fl.methods import create_method
+from copre_hub.fl.seeding import generator
+from copre_hub.fl.simulation import Simulation, iterate_batches
+
+GOALS = {"E over P2 (speed)": 1.0, "C over E (efficiency)": 0.95}
+
+
+class InPlaceLoop:
+    """P2: one model trained in place client after client, restored with ``load_state_dict``, averaged as a
+    running float32 weighted sum of its state dict (integer buffers are taken from the last client)."""
+
+    def __init__(self, model: torch.nn.Module, data, method, seed: int) -> None:
+        self.model, self.data, self.method, self.seed = model, data, method, seed
+        self.state = {k: v.clone() for k, v in model.state_dict().items()}
+        self.normalize = normalizer("cpu")
+
+    def round(self, t: int) -> None:
+        total: dict[str, torch.Tensor] = {}
+        weight = 0.0
+        for client in self.method.sample(self.data, self.seed, t):
+            self.model.load_state_dict(self.state)
+            optimizer = torch.optim.SGD(self.model.parameters(), lr=self.method.lr)
+            indices = self.data.clients[client]
+            draws = generator(self.seed, "batches", t, client)
+            self.model.train()
+            for batch in iterate_batches(indices, self.method.batch_size, draws, epochs=self.method.local_epochs):
+                loss = F.cross_entropy(self.model(self.normalize(self.data.images[batch])), self.data.labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            n = float(indices.numel())
+            with torch.no_grad():
+                for key, value in self.model.state_dict().items():
+                    if not value.is_floating_point():
+                        total[key] = value.clone()
+                    elif key in total:
+                        total[key].add_(value, alpha=n)
+                    else:
+                        total[key] = value * n
+            weight += n
+        self.state = {k: v / weight if v.is_floating_point() else v for k, v in total.items()}
+
+
+def fixed_costs(sim: Simulation, method, seed: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per client of each engine step beyond SGD, each timed alone (median of ``repeats`` calls,
+    on the first participant of round 0)."""
+    client = method.sample(sim.data, seed, 0)[0]
+    indices = sim.data.clients[client]
+    acc = method.accumulator(sim)
+    sim.snapshot()
+
+    def draws() -> list[torch.Tensor]:
+        return list(iterate_batches(indices, method.batch_size, generator(seed, "batches", 0, client), epochs=1))
+
+    batches = draws()
+    steps = {
+        "restore": sim.restore,
+        "accumulate": lambda: method.accumulate(sim, acc, _result(indices)),
+        "draws": draws,
+        "batch gather + normalise": lambda: [sim.batch(b, None) for b in batches],
+    }
+    for fn in steps.values():
+        fn()  # warm-up
+    return {name: 1e3 * statistics.median(seconds(fn) for _ in range(repeats)) for name, fn in steps.items()}
+
+
+def _result(indices: torch.Tensor):
+    from copre_hub.fl.methods.base import ClientResult
+
+    return ClientResult(weight=float(indices.numel()), loss=0.0)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--participants", type=int, default=20)
+    parser.add_argument("--client-size", type=int, default=64)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cost-repeats", type=int, default=20, help="calls per fixed cost timed (median)")
+    args = common_args(parser, repeats=5).parse_args(argv)
+    set_threads(args.threads)
+
+    data = synthetic_federation(args.clients, args.client_size, args.seed)
+    method = create_method(
+        "fedavg", participants=args.participants, local_epochs=args.local_epochs, batch_size=args.batch_size
+    )
+    sim = Simulation(create_model(args.arch, seed=args.seed), data)
+    p2 = InPlaceLoop(create_model(args.arch, seed=args.seed), data, method, args.seed)
+    first_round_difference = _first_round_difference(sim, p2, method, args.seed)
+    central = create_model(args.arch, seed=args.seed)
+    steps = sum(data.clients[c].numel() for c in method.sample(data, args.seed, 0)) * args.local_epochs
+    loops = {
+        "C": lambda t: centralized_sgd(central, data, steps, args.batch_size, method.lr, seed=args.seed + t),
+        "P2": p2.round,
+        "E": lambda t: method.round(sim, args.seed, t),
+    }
+    for fn in loops.values():
+        fn(1)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    names = list(loops)
+    for rep in range(args.repeats):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            times[name].append(seconds(lambda name=name, t=rep + 2: loops[name](t)))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    costs = fixed_costs(sim, method, args.seed, args.cost_repeats)
+    per_client_ms = 1e3 * medians["E"] / args.participants
+
+    print(
+        f"{args.arch} at 32x32, {args.participants} of {args.clients} clients x {args.client_size} images, "
+        f"{args.local_epochs} epoch(s), batch {args.batch_size}, {args.repeats} interleaved repetitions (medians), "
+        f"{torch.get_num_threads()} thread(s), load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
+    )
+    print_table([{"loop": name, "s/round": medians[name], "over E": medians[name] / medians["E"]} for name in loops])
+    print()
+    rows = [
+        {"engine step per client": name, "ms": ms, "of E's client": ms / per_client_ms} for name, ms in costs.items()
+    ]
+    rows.append({"engine step per client": "E's whole client", "ms": per_client_ms, "of E's client": 1.0})
+    print_table(rows)
+    ratios = {"E over P2 (speed)": medians["P2"] / medians["E"], "C over E (efficiency)": medians["C"] / medians["E"]}
+    targets = [target(name, ratios[name], goal) for name, goal in GOALS.items()]
+    print_targets(targets)
+    results = {
+        "seconds_per_round": {name: summary(values) for name, values in times.items()},
+        "fixed_costs_ms_per_client": costs,
+        "engine_ms_per_client": per_client_ms,
+        "first_round_max_weight_difference_p2_vs_engine": first_round_difference,
+        "targets": targets,
+    }
+    print(f"\nwrote {write_result('small_clients', args, results)}")
+    return results
+
+
+def _first_round_difference(sim: Simulation, p2: InPlaceLoop, method, seed: int) -> float:
+    """Round 0 from the same weights in E and P2: the largest difference of the resulting weights (float64 against
+    float32 sums, so about float32 rounding)."""
+    method.round(sim, seed, 0)
+    p2.round(0)
+    engine = {name: tensor for name, tensor in sim.model.state_dict().items() if tensor.is_floating_point()}
+    return max(float((engine[name] - p2.state[name]).abs().max()) for name in engine)
+
+
+if __name__ == "__main__":
+    main()
