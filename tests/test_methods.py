@@ -147,3 +147,17 @@ def test_simulation_restores_weights_in_place_without_copies() -> None:
     assert sim.flat.vector.data_ptr() == storage
     start, end = storage, storage + sim.flat.vector.numel() * sim.flat.vector.element_size()
     assert all(start <= p.data_ptr() < end for p in sim.model.parameters()), "parameters are views of the vector"
+
+
+def test_scenario_two_edge_cases_are_refused_before_training() -> None:
+    from copre_hub.errors import DataError
+
+    g = torch.Generator().manual_seed(5)
+    clients = [(torch.randn(20, 3, 2, 2, generator=g), torch.randint(0, 3, (20,), generator=g)) for _ in range(4)]
+    small_server = (torch.randn(2, 3, 2, 2, generator=g), torch.randint(0, 3, (2,), generator=g))
+    data = FederatedData.from_tensors(clients, server=small_server, num_classes=3)
+    with pytest.raises(DataError, match="2 server samples into one query set per participant"):
+        create_method("coprefl", scenario=2, participants=3).validate(data)
+    no_server = FederatedData.from_tensors(clients, num_classes=3)
+    with pytest.raises(DataError, match="Scenario II pools the server data too, but there is none"):
+        create_method("centralized", scenario=2).validate(no_server)

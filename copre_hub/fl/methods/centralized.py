@@ -28,9 +28,11 @@ class Centralized(Method):
     def validate(self, data: FederatedData) -> None:
         if sum(data.client_sizes) == 0:
             raise DataError("there is no pre-training data to train on; check the class split and partition.")
+        if self.scenario == 2 and (data.server is None or data.server.numel() == 0):
+            raise DataError("Scenario II pools the server data too, but there is none; set partition.server_fraction.")
 
     def round(self, sim: Simulation, seed: int, t: int) -> dict:
-        parts = [*sim.data.clients, *([sim.data.server] if self.scenario == 2 and sim.data.server is not None else [])]
+        parts = [*sim.data.clients, *([sim.data.server] if self.scenario == 2 else [])]
         pooled = torch.cat(parts)
         loss = sim.train(
             pooled, lr=self.lr, batch_size=self.batch_size, epochs=1, generator=generator(seed, "centralized", t)

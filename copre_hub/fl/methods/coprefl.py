@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from copre_hub.errors import ConfigError
+from copre_hub.errors import ConfigError, DataError
 from copre_hub.fl.methods.base import Method
+from copre_hub.fl.partition import FederatedData
 from copre_hub.fl.seeding import generator
 from copre_hub.fl.simulation import Simulation
 
@@ -62,6 +63,19 @@ class CoPreFL(Method):
             raise ConfigError(f"method.meta_lr must be positive, got {self.meta_lr}.")
         if self.second_order and not self.sgd.is_plain:
             raise ConfigError("method.second_order replays plain SGD; set momentum and weight_decay to 0 or drop it.")
+
+    def validate(self, data: FederatedData) -> None:
+        """Also refuse Scenario II server data too small to give every participant a query set.
+
+        Raises:
+            DataError: fewer server samples than participants (some query sets would be empty).
+        """
+        super().validate(data)
+        if self.server_queries and data.server.numel() < self.participants:
+            raise DataError(
+                f"Scenario II splits the {data.server.numel()} server samples into one query set per participant, "
+                f"but method.participants={self.participants}; raise partition.server_fraction or lower participants."
+            )
 
     @property
     def server_queries(self) -> bool:
