@@ -318,9 +318,16 @@ def save_run_checkpoint(prepared: Prepared, sim: Simulation, folder: Path, recor
     """Write the final weights as a publishable checkpoint folder."""
     from copre_hub.hub.checkpoint import save_checkpoint
 
-    recipe = prepared.recipe
-    data = prepared.data
-    meta = {
+    meta = checkpoint_meta(prepared, record["versions"], record["rounds"][-1] if record["rounds"] else {})
+    return save_checkpoint(sim.model, folder, **checkpoint_args(prepared), copre_hub_meta=meta)
+
+
+def checkpoint_meta(prepared: Prepared, versions: dict[str, str], final_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``copre_hub`` block: what the run was (method, recipe, data, partition, starting weights,
+    versions and the last round's metrics), whichever runtime trained it."""
+    recipe, data = prepared.recipe, prepared.data
+    pretrain_classes, downstream_classes = prepared.classes
+    return {
         "model_id": recipe.name,
         "method": prepared.method.name,
         "scenario": prepared.method.scenario,
@@ -328,24 +335,35 @@ def save_run_checkpoint(prepared: Prepared, sim: Simulation, folder: Path, recor
         "recipe": recipe.to_dict(),
         "fingerprint": recipe.fingerprint(),
         "seed": recipe.seed,
-        "data": {k: v for k, v in record["data"].items() if k != "client_sizes"} | {"dataset": recipe.data.dataset},
+        "data": {
+            "source": data.meta.get("source"),
+            "pretrain_classes": list(pretrain_classes),
+            "downstream_classes": list(downstream_classes),
+            "num_clients": data.num_clients,
+            "server_size": 0 if data.server is None else int(data.server.numel()),
+            "dataset": recipe.data.dataset,
+        },
         "partition": dataclasses.asdict(recipe.partition),
-        "versions": record["versions"],
-        "final_metrics": record["rounds"][-1] if record["rounds"] else {},
+        "versions": versions,
+        "final_metrics": final_metrics,
         "init": prepared.init,
     }
-    return save_checkpoint(
-        sim.model,
-        folder,
-        architecture=recipe.model.architecture,
-        model_args=recipe.model.timm_args() | _size_args(recipe, prepared.input_size),
-        num_classes=data.num_classes,
-        input_size=prepared.input_size,
-        mean=tuple(data.mean or (0.0,) * prepared.input_size[0]),
-        std=tuple(data.std or (1.0,) * prepared.input_size[0]),
-        copre_hub_meta=meta,
-        label_names=prepared.class_names,
-    )
+
+
+def checkpoint_args(prepared: Prepared) -> dict[str, Any]:
+    """The architecture, constructor arguments, classes, input size, normalisation and label names of the run's
+    checkpoint (the keyword arguments of ``save_checkpoint`` and ``timm_config`` besides the model and block)."""
+    recipe, data = prepared.recipe, prepared.data
+    channels = prepared.input_size[0]
+    return {
+        "architecture": recipe.model.architecture,
+        "model_args": recipe.model.timm_args() | _size_args(recipe, prepared.input_size),
+        "num_classes": data.num_classes,
+        "input_size": prepared.input_size,
+        "mean": tuple(data.mean or (0.0,) * channels),
+        "std": tuple(data.std or (1.0,) * channels),
+        "label_names": prepared.class_names,
+    }
 
 
 def _size_args(recipe: Recipe, input_size: tuple[int, int, int]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from copre_hub.fl.data import load_image_data
 from copre_hub.fl.partition import PartitionConfig, build_federation, class_split
-from copre_hub.fl.pretrain import _size_args, prepare, software_versions
+from copre_hub.fl.pretrain import checkpoint_args, checkpoint_meta, prepare, software_versions
 from copre_hub.fl.recipe import Recipe, recipe_from_dict
 from copre_hub.flower.client import LocalData, pretraining_client_app
 from copre_hub.flower.messages import PARTITION_ID
@@ -83,7 +83,7 @@ def main(grid: Grid, context: Context) -> None:
         method,
         prepared.model,
         architecture=recipe.model.architecture,
-        model_args=model_args(prepared),
+        model_args=checkpoint_args(prepared)["model_args"],
         num_clients=data.num_clients,
         seed=recipe.seed,
         server_data=server,
@@ -93,46 +93,13 @@ def main(grid: Grid, context: Context) -> None:
     save_checkpoint_folder(prepared, result.arrays.to_torch_state_dict(), strategy.history, context)
 
 
-def model_args(prepared) -> dict[str, Any]:
-    """Constructor arguments that rebuild the recipe's model (as the engine records them in ``config.json``)."""
-    return prepared.recipe.model.timm_args() | _size_args(prepared.recipe, prepared.input_size)
-
-
 def save_checkpoint_folder(prepared, state: dict, history: list[dict], context: Context) -> Path:
     """The final weights as a checkpoint folder (``output-dir``) with the run's facts in its card."""
     import copre_hub
     from copre_hub.hub.checkpoint import timm_config
 
-    recipe, data = prepared.recipe, prepared.data
-    meta = {
-        "model_id": recipe.name,
-        "method": prepared.method.name,
-        "scenario": prepared.method.scenario,
-        "hyperparameters": prepared.method.hyperparameters(),
-        "recipe": recipe.to_dict(),
-        "seed": recipe.seed,
-        "data": {
-            "dataset": recipe.data.dataset,
-            "pretrain_classes": list(prepared.classes[0]),
-            "downstream_classes": list(prepared.classes[1]),
-            "num_clients": data.num_clients,
-        },
-        "partition": dataclasses.asdict(recipe.partition),
-        "versions": software_versions() | {"flwr": flwr.__version__},
-        "trained_with": "flower",
-        "final_metrics": history[-1] if history else {},
-    }
-    like = timm_config(
-        prepared.model,
-        architecture=recipe.model.architecture,
-        model_args=model_args(prepared),
-        num_classes=data.num_classes,
-        input_size=prepared.input_size,
-        mean=tuple(data.mean or (0.0,) * prepared.input_size[0]),
-        std=tuple(data.std or (1.0,) * prepared.input_size[0]),
-        copre_hub_meta=meta,
-        label_names=prepared.class_names,
-    )
+    meta = checkpoint_meta(prepared, software_versions() | {"flwr": flwr.__version__}, history[-1] if history else {})
+    like = timm_config(prepared.model, **checkpoint_args(prepared), copre_hub_meta=meta | {"trained_with": "flower"})
     output = Path(str(context.run_config.get(OUTPUT_DIR, "checkpoint"))).resolve()
     folder = copre_hub.save(state, output, like=like)
     log(INFO, "copre-hub checkpoint: %s (push it with `copre-hub push %s ORG/NAME`)", folder, folder)
