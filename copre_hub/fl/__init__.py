@@ -13,7 +13,9 @@ or from a recipe (what ``copre-hub pretrain`` does)::
 
     pretrain(load_recipe("training/recipes/smoke.toml"), "runs/smoke")
 
-Names are imported on first use, so ``import copre_hub.fl`` stays cheap.
+Names are imported on first use, so ``import copre_hub.fl`` stays cheap. Every method class is exported under
+its class name (``CoPreFL``, ``FedProx``, ...), found by :func:`copre_hub.fl.methods.available` rather than listed
+here; for precise static types, import a method from its module (``copre_hub.fl.methods.coprefl``).
 """
 
 from __future__ import annotations
@@ -26,29 +28,19 @@ _LAZY = {
     "Simulation": "copre_hub.fl.simulation",
     "Processes": "copre_hub.fl.distributed",
     "Method": "copre_hub.fl.methods.base",
-    "CoPreFL": "copre_hub.fl.methods.coprefl",
-    "CoPreFLSGD": "copre_hub.fl.methods.coprefl_sgd",
-    "FedAvg": "copre_hub.fl.methods.fedavg",
-    "FedMeta": "copre_hub.fl.methods.fedmeta",
-    "QFFL": "copre_hub.fl.methods.qffl",
-    "Centralized": "copre_hub.fl.methods.centralized",
+    "available": "copre_hub.fl.methods",
     "create_method": "copre_hub.fl.methods",
     "Recipe": "copre_hub.fl.recipe",
     "load_recipe": "copre_hub.fl.recipe",
     "pretrain": "copre_hub.fl.pretrain",
 }
 
-__all__ = [  # noqa: RUF022 - grouped as in _LAZY
+__all__ = [  # noqa: RUF022 - grouped as in _LAZY; the method classes are added by discovery
     "FederatedData",
     "Simulation",
     "Processes",
     "Method",
-    "CoPreFL",
-    "CoPreFLSGD",
-    "FedAvg",
-    "FedMeta",
-    "QFFL",
-    "Centralized",
+    "available",
     "create_method",
     "Recipe",
     "load_recipe",
@@ -57,14 +49,8 @@ __all__ = [  # noqa: RUF022 - grouped as in _LAZY
 
 if TYPE_CHECKING:
     from copre_hub.fl.distributed import Processes
-    from copre_hub.fl.methods import create_method
+    from copre_hub.fl.methods import available, create_method
     from copre_hub.fl.methods.base import Method
-    from copre_hub.fl.methods.centralized import Centralized
-    from copre_hub.fl.methods.coprefl import CoPreFL
-    from copre_hub.fl.methods.coprefl_sgd import CoPreFLSGD
-    from copre_hub.fl.methods.fedavg import FedAvg
-    from copre_hub.fl.methods.fedmeta import FedMeta
-    from copre_hub.fl.methods.qffl import QFFL
     from copre_hub.fl.partition import FederatedData
     from copre_hub.fl.pretrain import pretrain
     from copre_hub.fl.recipe import Recipe, load_recipe
@@ -74,6 +60,16 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'copre_hub.fl' has no attribute {name!r}")
+    elif not name.startswith("_") and name in (methods := _method_classes()):
+        value = methods[name]
+    else:
+        raise AttributeError(f"module 'copre_hub.fl' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _method_classes() -> dict[str, type]:
+    """Every discovered method class by its class name (imports the methods, and with them torch)."""
+    from copre_hub.fl.methods import available
+
+    return {cls.__name__: cls for cls in available().values()}

@@ -330,6 +330,7 @@ def checkpoint_meta(prepared: Prepared, versions: dict[str, str], final_metrics:
     return {
         "model_id": recipe.name,
         "method": prepared.method.name,
+        "method_display": prepared.method.display_name,
         "scenario": prepared.method.scenario,
         "hyperparameters": prepared.method.hyperparameters(),
         "recipe": recipe.to_dict(),
