@@ -40,7 +40,7 @@ METHOD_NAMES = {
     "fedprox": "FedProx",
     "qffl": "q-FFL",
 }
-# Architectures that copre_hub.fl.models registers with timm: plain timm cannot build them, so their cards say so,
+# Architectures that copre_hub.timm_models registers with timm: plain timm cannot build them, so their cards say so,
 # and no published id uses one (a test keeps this list and that module in step).
 REGISTERED_ARCHITECTURES = ("femnist_cnn", "resnet18_cifar")
 SCENARIOS = {"1": "Scenario I (pre-training data only on clients)", "2": "Scenario II (clients plus a server dataset)"}

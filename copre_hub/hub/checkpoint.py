@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -145,7 +144,8 @@ def timm_config(
     """
     import timm
 
-    importlib.import_module("copre_hub.fl.models")
+    import copre_hub.timm_models  # noqa: F401 - registers copre-hub's own architectures with timm
+
     if not timm.is_model(architecture):
         raise ConfigError(f"architecture {architecture!r} is not a timm model name; see timm.list_models().")
     head = getattr(model, "num_classes", num_classes)
@@ -285,7 +285,8 @@ def check_timm_config(config: dict[str, Any], folder: str | Path) -> None:
     import timm
     from timm.models import PretrainedCfg
 
-    importlib.import_module("copre_hub.fl.models")
+    import copre_hub.timm_models  # noqa: F401 - registers copre-hub's own architectures with timm
+
     architecture = config["architecture"]
     if not timm.is_model(architecture):
         raise CheckpointError(
