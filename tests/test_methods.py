@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +234,11 @@ def test_methods_have_display_names_and_unique_names(tmp_path: Path) -> None:
     with method_file(tmp_path, "second_fedavg", second_fedavg), pytest.raises(TypeError, match="named 'fedavg'"):
         available()
     assert available()["fedavg"].__module__ == "copre_hub.fl.methods.fedavg"
+
+
+def test_building_the_cli_imports_no_method() -> None:
+    """Method discovery imports torch, so the --method help and copre_hub.fl's exports look only when asked."""
+    script = "import sys; from copre_hub.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root)
+    assert run.stdout.strip() == "False"

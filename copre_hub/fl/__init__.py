@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif not name.startswith("_") and name in (methods := _method_classes()):
+    elif name[:1].isupper() and name in (methods := _method_classes()):  # a class name, never a submodule
         value = methods[name]
     else:
         raise AttributeError(f"module 'copre_hub.fl' has no attribute {name!r}")
