@@ -211,6 +211,7 @@ def test_a_new_method_is_one_file(tmp_path: Path, capsys: pytest.CaptureFixture[
         method = create_method("throwaway", rounds=1)
         assert type(method).__module__ == "copre_hub.fl.methods.throwaway"
         assert copre_hub.fl.Throwaway is type(method) is available()["throwaway"]
+        assert "Throwaway" in copre_hub.fl.__all__
         with pytest.raises(SystemExit):
             main(["pretrain", "--help"])
         assert "throwaway" in capsys.readouterr().out

@@ -35,29 +35,21 @@ _LAZY = {
     "pretrain": "copre_hub.fl.pretrain",
 }
 
-__all__ = [  # noqa: RUF022 - grouped as in _LAZY; the method classes are added by discovery
-    "FederatedData",
-    "Simulation",
-    "Processes",
-    "Method",
-    "available",
-    "create_method",
-    "Recipe",
-    "load_recipe",
-    "pretrain",
-]
-
-if TYPE_CHECKING:
-    from copre_hub.fl.distributed import Processes
-    from copre_hub.fl.methods import available, create_method
-    from copre_hub.fl.methods.base import Method
-    from copre_hub.fl.partition import FederatedData
-    from copre_hub.fl.pretrain import pretrain
-    from copre_hub.fl.recipe import Recipe, load_recipe
-    from copre_hub.fl.simulation import Simulation
+if TYPE_CHECKING:  # `X as X`: re-exported for type checkers (the method classes come from discovery at run time)
+    from copre_hub.fl.distributed import Processes as Processes
+    from copre_hub.fl.methods import available as available
+    from copre_hub.fl.methods import create_method as create_method
+    from copre_hub.fl.methods.base import Method as Method
+    from copre_hub.fl.partition import FederatedData as FederatedData
+    from copre_hub.fl.pretrain import pretrain as pretrain
+    from copre_hub.fl.recipe import Recipe as Recipe
+    from copre_hub.fl.recipe import load_recipe as load_recipe
+    from copre_hub.fl.simulation import Simulation as Simulation
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__all__":  # `from copre_hub.fl import *`: the names above and every method class
+        return [*_LAZY, *_method_classes()]
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif name[:1].isupper() and name in (methods := _method_classes()):  # a class name, never a submodule
