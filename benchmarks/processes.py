@@ -15,7 +15,6 @@ depend on the number of processes).
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from _common import (
     write_result,
 )
 
-from copre_hub.fl.distributed import Processes
+from copre_hub.fl.distributed import Processes, free_port, launch_command
 from copre_hub.fl.methods import create_method
 from copre_hub.fl.simulation import Simulation
 
@@ -110,26 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
 def launch(processes: int, threads: int, script_args: list[str]) -> dict:
     """Run this script as a worker in ``processes`` processes of ``threads`` threads; rank 0's result."""
     script = [str(Path(__file__).resolve()), *script_args, "--threads", str(threads)]
-    if processes == 1:
-        command = [sys.executable, *script]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            *script,
-        ]
+    launcher = [sys.executable] if processes == 1 else launch_command(processes, free_port())
+    command = [*launcher, *script]
     return run_worker(command, env={"OMP_NUM_THREADS": str(threads)})
 
 
@@ -160,12 +141,6 @@ def worker(args: argparse.Namespace) -> dict:
         torch.save(sim.flat.vector.clone(), args.worker_weights)
         worker_output(result)
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

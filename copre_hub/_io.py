@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary file in the destination folder, fsynced, then renamed over the target.
 
-A reader (or a process killed mid-write) sees either the old file or the new one, never a partial file.
+A reader (or a process killed mid-write) sees either the old file or the new one, never a partial file. A rename
+lasts through a power cut only once its folder is fsynced too (:func:`fsync`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def fsync(path: str | Path) -> None:
+    """Flush ``path`` to disk: a file's contents, or a folder's entries (the renames and new files in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -46,3 +46,41 @@ def test_every_imported_package_is_declared() -> None:
         if not providers & declared:
             undeclared[name] = f"{', '.join(sorted(providers))} (imported in {where})"
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def _imports_of(path: Path) -> list[str]:
+    """Every module a file imports, anywhere in it: import statements (relative ones resolved against the file's
+    package) and ``importlib.import_module`` calls with a literal name."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            found += [module, *(f"{module}.{alias.name}" for alias in node.names)]
+        elif name := _import_module_name(node):
+            found.append(name)
+    return found
+
+
+def _import_module_name(node: ast.AST) -> str | None:
+    """The literal module name of an ``importlib.import_module("...")`` call; None for any other node."""
+    if not (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args):
+        return None
+    first = node.args[0]
+    return first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+
+
+def test_the_hub_imports_nothing_from_the_engine() -> None:
+    """copre_hub.hub (load, push, cards, serve) stands on its own: the engine may use it, never the reverse."""
+    engine = ("copre_hub.fl", "copre_hub.flower")
+    crossings = [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in sorted((ROOT / "copre_hub" / "hub").rglob("*.py"))
+        for module in _imports_of(path)
+        if module in engine or module.startswith(tuple(f"{name}." for name in engine))
+    ]
+    assert not crossings
+    assert "copre_hub.timm_models" in _imports_of(ROOT / "copre_hub" / "hub" / "checkpoint.py")

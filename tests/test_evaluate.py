@@ -300,3 +300,23 @@ def test_reproduce_paper_smoke_end_to_end_then_reused(cifar, tmp_path) -> None:
     assert bench.main(args) == 0  # a second run reuses every checkpoint and evaluation: the same numbers
     again = json.loads((tmp_path / "results" / "reproduce-smoke-cifar100.json").read_text())
     assert again["evaluation"]["initializations"] == results["evaluation"]["initializations"]
+
+
+def test_reports_and_checkpoints_record_no_machine_data_path(report, tmp_path, monkeypatch) -> None:
+    from copre_hub.fl.data import portable_source
+    from copre_hub.fl.partition import FederatedData
+    from copre_hub.fl.pretrain import Prepared, checkpoint_meta
+    from copre_hub.fl.recipe import load_recipe
+
+    assert report["data"]["source"] == "$COPRE_HUB_DATA/cifar100"
+    (tmp_path / "data" / "cifar100").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("COPRE_HUB_DATA", str(tmp_path / "data"))
+    assert portable_source(str(tmp_path / "data" / "cifar100")) == "$COPRE_HUB_DATA/cifar100"
+    assert portable_source("uoft-cs/cifar100") == "uoft-cs/cifar100"
+    assert portable_source(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")  # data.path, as given
+    data = FederatedData.from_tensors([(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]))], num_classes=2)
+    data.meta["source"] = str(tmp_path / "data" / "cifar100")
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "training" / "recipes" / "smoke.toml")
+    prepared = Prepared(recipe, recipe.build_method(), data, torch.nn.Linear(1, 1), ((0,), (1,)), ["a", "b"], (1, 2, 2))
+    assert checkpoint_meta(prepared, {}, {})["data"]["source"] == "$COPRE_HUB_DATA/cifar100"

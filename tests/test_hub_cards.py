@@ -152,7 +152,7 @@ def test_registered_architectures_are_the_ones_plain_timm_lacks_and_no_published
     from copre_hub.hub.cards import REGISTERED_ARCHITECTURES
     from copre_hub.hub.ids import PUBLISHED
 
-    assert set(timm.list_models(module="models")) == set(REGISTERED_ARCHITECTURES)  # copre_hub/fl/models.py's
+    assert set(timm.list_models(module="timm_models")) == set(REGISTERED_ARCHITECTURES)  # copre_hub/timm_models.py's
     published = sorted({model.architecture for model in PUBLISHED})
     cards = [card.read_text() for card in sorted((REPO / "model_cards").glob("*/README.md"))]
     script = (

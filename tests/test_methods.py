@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -161,3 +166,80 @@ def test_scenario_two_edge_cases_are_refused_before_training() -> None:
     no_server = FederatedData.from_tensors(clients, num_classes=3)
     with pytest.raises(DataError, match="Scenario II pools the server data too, but there is none"):
         create_method("centralized", scenario=2).validate(no_server)
+
+
+THROWAWAY = """
+from dataclasses import dataclass
+
+from copre_hub.fl.methods.fedavg import FedAvg
+
+
+@dataclass(frozen=True, kw_only=True)
+class Throwaway(FedAvg):
+    name = "throwaway"
+    display_name = "Throw-Away"
+"""
+
+
+@contextlib.contextmanager
+def method_file(folder: Path, module: str, source: str) -> Iterator[None]:
+    """``source`` as the file ``module``.py of the methods package for the block (a folder added to its path);
+    afterwards every reference the imports made is dropped, so discovery no longer sees the class."""
+    import copre_hub.fl
+    from copre_hub.fl import methods
+
+    (folder / f"{module}.py").write_text(source)
+    path = methods.__path__
+    methods.__path__ = [*path, str(folder)]
+    try:
+        yield
+    finally:
+        methods.__path__ = path
+        sys.modules.pop(f"{methods.__name__}.{module}", None)
+        vars(methods).pop(module, None)  # the import made the module an attribute of its package
+        vars(copre_hub.fl).pop("Throwaway", None)  # and copre_hub.fl's lazy export may have cached the class
+        gc.collect()
+
+
+def test_a_new_method_is_one_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import copre_hub.fl
+    from copre_hub.cli import main
+    from copre_hub.fl.pretrain import Prepared, checkpoint_meta
+    from copre_hub.hub.cards import build_model_card
+
+    with method_file(tmp_path, "throwaway", THROWAWAY):
+        method = create_method("throwaway", rounds=1)
+        assert type(method).__module__ == "copre_hub.fl.methods.throwaway"
+        assert copre_hub.fl.Throwaway is type(method) is available()["throwaway"]
+        assert "Throwaway" in copre_hub.fl.__all__
+        with pytest.raises(SystemExit):
+            main(["pretrain", "--help"])
+        assert "throwaway" in capsys.readouterr().out
+        data = FederatedData.from_tensors([(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]))], num_classes=2)
+        prepared = Prepared(load_recipe(RECIPES[0]), method, data, tiny_model(), ((0,), (1,)), ["a", "b"], (1, 2, 2))
+        meta = checkpoint_meta(prepared, versions={}, final_metrics={})
+        del method, prepared
+    assert meta["method"] == "throwaway" and meta["method_display"] == "Throw-Away"
+    card = build_model_card({"architecture": "test_resnet", "copre_hub": meta})
+    assert "A Throw-Away pre-trained initialization" in card.text
+    assert "throwaway" not in available()
+
+
+def test_methods_have_display_names_and_unique_names(tmp_path: Path) -> None:
+    from copre_hub.hub.cards import METHOD_NAMES
+
+    shown = {name: cls.display_name for name, cls in available().items()}
+    assert shown["qffl"] == "q-FFL" and shown["coprefl-sgd"] == "CoPreFL-SGD"
+    assert {name: METHOD_NAMES[name] for name in shown} == shown  # the cards' fallback for blocks without one
+    second_fedavg = THROWAWAY.replace('"throwaway"', '"fedavg"')
+    with method_file(tmp_path, "second_fedavg", second_fedavg), pytest.raises(TypeError, match="named 'fedavg'"):
+        available()
+    assert available()["fedavg"].__module__ == "copre_hub.fl.methods.fedavg"
+
+
+def test_building_the_cli_imports_no_method() -> None:
+    """Method discovery imports torch, so the --method help and copre_hub.fl's exports look only when asked."""
+    script = "import sys; from copre_hub.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root)
+    assert run.stdout.strip() == "False"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from copre_hub.fl.distributed import free_port, launch_command
 
 SMOKE = Path(__file__).resolve().parents[1] / "training" / "recipes" / "smoke.toml"
 TINY = [
@@ -126,22 +127,7 @@ def test_ctrl_c_says_how_to_continue_and_resume_reuses_the_stored_recipe(referen
 
 def test_two_processes_match_one(reference, data_dir_module, tmp_path) -> None:
     out = tmp_path / "run"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
+    launch = launch_command(2, free_port())
     subprocess.run([*launch, *pretrain_cmd(out)], check=True, env=data_dir_module, timeout=300)
     record = (out / "run.json").read_text()
     assert '"world_size": 2' in record
@@ -150,39 +136,12 @@ def test_two_processes_match_one(reference, data_dir_module, tmp_path) -> None:
 
 def test_two_machines_on_loopback_match_one(reference, data_dir_module, tmp_path) -> None:
     out = tmp_path / "run"
-    port = str(free_port())
+    port = free_port()
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--multi_gpu",
-                "--num_processes",
-                "2",
-                "--num_machines",
-                "2",
-                "--machine_rank",
-                str(rank),
-                "--main_process_ip",
-                "127.0.0.1",
-                "--main_process_port",
-                port,
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
-                *pretrain_cmd(out),
-            ],
-            env=data_dir_module,
+            [*launch_command(2, port, num_machines=2, machine_rank=rank), *pretrain_cmd(out)], env=data_dir_module
         )
         for rank in (0, 1)
     ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert_same_weights(weights(out), reference)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

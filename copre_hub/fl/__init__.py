@@ -13,7 +13,9 @@ or from a recipe (what ``copre-hub pretrain`` does)::
 
     pretrain(load_recipe("training/recipes/smoke.toml"), "runs/smoke")
 
-Names are imported on first use, so ``import copre_hub.fl`` stays cheap.
+Names are imported on first use, so ``import copre_hub.fl`` stays cheap. Every method class is exported under
+its class name (``CoPreFL``, ``FedProx``, ...), found by :func:`copre_hub.fl.methods.available` rather than listed
+here; for precise static types, import a method from its module (``copre_hub.fl.methods.coprefl``).
 """
 
 from __future__ import annotations
@@ -26,54 +28,40 @@ _LAZY = {
     "Simulation": "copre_hub.fl.simulation",
     "Processes": "copre_hub.fl.distributed",
     "Method": "copre_hub.fl.methods.base",
-    "CoPreFL": "copre_hub.fl.methods.coprefl",
-    "CoPreFLSGD": "copre_hub.fl.methods.coprefl_sgd",
-    "FedAvg": "copre_hub.fl.methods.fedavg",
-    "FedMeta": "copre_hub.fl.methods.fedmeta",
-    "QFFL": "copre_hub.fl.methods.qffl",
-    "Centralized": "copre_hub.fl.methods.centralized",
+    "available": "copre_hub.fl.methods",
     "create_method": "copre_hub.fl.methods",
     "Recipe": "copre_hub.fl.recipe",
     "load_recipe": "copre_hub.fl.recipe",
     "pretrain": "copre_hub.fl.pretrain",
 }
 
-__all__ = [  # noqa: RUF022 - grouped as in _LAZY
-    "FederatedData",
-    "Simulation",
-    "Processes",
-    "Method",
-    "CoPreFL",
-    "CoPreFLSGD",
-    "FedAvg",
-    "FedMeta",
-    "QFFL",
-    "Centralized",
-    "create_method",
-    "Recipe",
-    "load_recipe",
-    "pretrain",
-]
-
-if TYPE_CHECKING:
-    from copre_hub.fl.distributed import Processes
-    from copre_hub.fl.methods import create_method
-    from copre_hub.fl.methods.base import Method
-    from copre_hub.fl.methods.centralized import Centralized
-    from copre_hub.fl.methods.coprefl import CoPreFL
-    from copre_hub.fl.methods.coprefl_sgd import CoPreFLSGD
-    from copre_hub.fl.methods.fedavg import FedAvg
-    from copre_hub.fl.methods.fedmeta import FedMeta
-    from copre_hub.fl.methods.qffl import QFFL
-    from copre_hub.fl.partition import FederatedData
-    from copre_hub.fl.pretrain import pretrain
-    from copre_hub.fl.recipe import Recipe, load_recipe
-    from copre_hub.fl.simulation import Simulation
+if TYPE_CHECKING:  # `X as X`: re-exported for type checkers (the method classes come from discovery at run time)
+    from copre_hub.fl.distributed import Processes as Processes
+    from copre_hub.fl.methods import available as available
+    from copre_hub.fl.methods import create_method as create_method
+    from copre_hub.fl.methods.base import Method as Method
+    from copre_hub.fl.partition import FederatedData as FederatedData
+    from copre_hub.fl.pretrain import pretrain as pretrain
+    from copre_hub.fl.recipe import Recipe as Recipe
+    from copre_hub.fl.recipe import load_recipe as load_recipe
+    from copre_hub.fl.simulation import Simulation as Simulation
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__all__":  # `from copre_hub.fl import *`: the names above and every method class
+        return [*_LAZY, *_method_classes()]
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'copre_hub.fl' has no attribute {name!r}")
+    elif name[:1].isupper() and name in (methods := _method_classes()):  # a class name, never a submodule
+        value = methods[name]
+    else:
+        raise AttributeError(f"module 'copre_hub.fl' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _method_classes() -> dict[str, type]:
+    """Every discovered method class by its class name (imports the methods, and with them torch)."""
+    from copre_hub.fl.methods import available
+
+    return {cls.__name__: cls for cls in available().values()}

@@ -13,7 +13,7 @@ from copre_hub.errors import ConfigError
 
 # Flags that are shorthands for recipe keys: (flag, recipe key, type, help).
 _SHORTHANDS = [
-    ("--method", "method.name", str, "pre-training method (coprefl, coprefl-sgd, fedavg, fedmeta, qffl, centralized)"),
+    ("--method", "method.name", str, "pre-training method ({methods})"),
     ("--scenario", "method.scenario", int, "1: all data on clients; 2: hybrid with server data"),
     ("--gamma", "method.gamma", float, "CoPreFL balance between mean and variance of query losses, in [0, 1]"),
     ("--rounds", "method.rounds", int, "pre-training rounds T"),
@@ -27,10 +27,24 @@ _SHORTHANDS = [
 ]
 
 
+class _MethodsHelpFormatter(argparse.HelpFormatter):
+    """Fills ``{methods}`` in a help text with the discovered method names when help is printed, not when the
+    parser is built: finding the methods imports torch, which a plain ``copre-hub push`` must not pay for."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and "{methods}" in text:
+            from copre_hub.fl.methods import available
+
+            text = text.replace("{methods}", ", ".join(available()))
+        return text
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add the training verbs to the top-level parser."""
     parser = verbs.add_parser(
         "pretrain",
+        formatter_class=_MethodsHelpFormatter,
         help="pre-train an initialization from a recipe",
         description="Pre-train an initialization. Settings come from the recipe file, then the shorthand flags, "
         "then --set overrides. Under `accelerate launch` or torchrun the participants are shared across processes.",

@@ -5,6 +5,7 @@ their Hub id, column names, class split and normalisation; any other name is tak
 local folder (Parquet shards or an imagefolder tree). Resolution (:func:`resolve_source`): ``path`` when given;
 else, for a known name, ``$COPRE_HUB_DATA/<name>`` when ``COPRE_HUB_DATA`` is set; else the Hub id (needs the
 internet). A local source that is named but does not hold the dataset is an error, never a silent download.
+Reports and checkpoints record the source without the machine's data folder (:func:`portable_source`).
 
 Importing this module does not import torch or numpy (recipe checks use it before any heavy import).
 """
@@ -165,6 +166,20 @@ def resolve_source(cfg: DataConfig) -> str:
     raise DatasetNotFoundError(
         f"unknown dataset {cfg.dataset!r}; use one of {known}, a Hub id such as 'org/name', or set `data.path`."
     )
+
+
+def portable_source(source: str) -> str:
+    """``source`` (what :func:`resolve_source` returned) as reports and checkpoints record it: a folder inside
+    ``$COPRE_HUB_DATA`` as ``$COPRE_HUB_DATA/<its path there>``, so no machine's absolute path is written; a Hub
+    id, or a ``data.path`` folder elsewhere (the recipe records it as given anyway), unchanged."""
+    root, folder = _env.data_dir(), Path(source)
+    if root is None or not folder.is_dir():
+        return source
+    try:
+        inside = folder.resolve().relative_to(root.resolve())
+    except ValueError:
+        return source
+    return f"$COPRE_HUB_DATA/{inside.as_posix()}"
 
 
 def _check_data_dir(root: Path, name: str) -> None:

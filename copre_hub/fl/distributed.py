@@ -1,13 +1,15 @@
 """Processes of a simulation: rank, device, mixed precision and the one all-reduce per quantity.
 
 Every process simulates a share of each round's participants (balanced by data size), then the shares are summed
-with a single flattened all-reduce. Processes are started by ``accelerate launch`` or ``torchrun``; the model is
-never wrapped in DDP, because processes train different clients.
+with a single flattened all-reduce. Processes are started by ``accelerate launch`` (:func:`launch_command`) or
+``torchrun``; the model is never wrapped in DDP, because processes train different clients.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,3 +76,46 @@ class Processes:
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
+
+
+def launch_command(
+    num_processes: int,
+    port: int,
+    *,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    main_ip: str = "127.0.0.1",
+) -> list[str]:
+    """``accelerate launch`` with this interpreter, starting ``num_processes`` processes in all (over
+    ``num_machines`` machines, this one being ``machine_rank``) that meet at ``main_ip:port``; append the script and
+    its arguments.
+
+    ``--multi_gpu`` is what makes Accelerate start several processes even without CUDA (they then join over gloo,
+    see :meth:`Processes.from_accelerate`). Mixed precision and dynamo are given, so no Accelerate config file
+    changes the run.
+    """
+    machines = ["--num_machines", str(num_machines)]
+    if num_machines > 1:
+        machines += ["--machine_rank", str(machine_rank), "--main_process_ip", main_ip]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        *machines,
+        "--main_process_port",
+        str(port),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now, e.g. for :func:`launch_command` (another process may take it before use)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -44,7 +44,7 @@ from torch import nn
 
 from copre_hub import _io
 from copre_hub.errors import ConfigError
-from copre_hub.fl.data import DataConfig, ImageData, load_image_data
+from copre_hub.fl.data import DataConfig, ImageData, load_image_data, portable_source
 from copre_hub.fl.distributed import Processes
 from copre_hub.fl.downstream import (
     DownstreamConfig,
@@ -330,7 +330,7 @@ def evaluate(
         "protocol": dataclasses.asdict(cfg),
         "data": {
             "dataset": data.dataset,
-            "source": images.source,
+            "source": portable_source(images.source),
             "input_size": list(images.input_size),
             "pretrain_classes": list(seen),
             "downstream_classes": list(unseen),

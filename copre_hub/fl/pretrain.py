@@ -29,7 +29,7 @@ import torch
 
 from copre_hub import _io
 from copre_hub.errors import ConfigError, OutputError, ResumeError
-from copre_hub.fl.data import load_image_data
+from copre_hub.fl.data import load_image_data, portable_source
 from copre_hub.fl.distributed import Processes
 from copre_hub.fl.methods import Method
 from copre_hub.fl.models import create_model
@@ -330,13 +330,14 @@ def checkpoint_meta(prepared: Prepared, versions: dict[str, str], final_metrics:
     return {
         "model_id": recipe.name,
         "method": prepared.method.name,
+        "method_display": prepared.method.display_name,
         "scenario": prepared.method.scenario,
         "hyperparameters": prepared.method.hyperparameters(),
         "recipe": recipe.to_dict(),
         "fingerprint": recipe.fingerprint(),
         "seed": recipe.seed,
         "data": {
-            "source": data.meta.get("source"),
+            "source": portable_source(source) if (source := data.meta.get("source")) else None,
             "pretrain_classes": list(pretrain_classes),
             "downstream_classes": list(downstream_classes),
             "num_clients": data.num_clients,

@@ -10,7 +10,6 @@ samples.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,7 +93,8 @@ def build_model(spec: dict) -> torch.nn.Module:
     """The timm architecture ``spec`` names (see :class:`~copre_hub.flower.messages.Job`), without weights."""
     import timm
 
-    importlib.import_module("copre_hub.fl.models")  # registers copre-hub's own architectures with timm
+    import copre_hub.timm_models  # noqa: F401 - registers copre-hub's own architectures with timm
+
     return timm.create_model(
         spec["architecture"], pretrained=False, num_classes=spec["num_classes"], **spec.get("model_args", {})
     )

@@ -29,14 +29,18 @@ TEMPLATE_PATH = Path(__file__).with_name("templates") / "modelcard.md"
 BASE_TAGS = ("copre-hub", "federated-learning", "image-classification", "timm")
 DATASET_IDS = {"cifar100": "uoft-cs/cifar100", "femnist": "flwrlabs/femnist"}
 DATASET_NAMES = {"cifar100": "CIFAR-100", "femnist": "FEMNIST"}
+# How to print a method id where the checkpoint block has no ``method_display`` (written before it) and for the
+# downstream algorithm of an evaluation; new checkpoints carry the engine's own ``Method.display_name``.
 METHOD_NAMES = {
+    "centralized": "Centralized",
     "coprefl": "CoPreFL",
-    "coprefl_sgd": "CoPreFL-SGD",
+    "coprefl-sgd": "CoPreFL-SGD",
     "fedavg": "FedAvg",
+    "fedmeta": "FedMeta",
     "fedprox": "FedProx",
-    "centralized": "centralized",
+    "qffl": "q-FFL",
 }
-# Architectures that copre_hub.fl.models registers with timm: plain timm cannot build them, so their cards say so,
+# Architectures that copre_hub.timm_models registers with timm: plain timm cannot build them, so their cards say so,
 # and no published id uses one (a test keeps this list and that module in step).
 REGISTERED_ARCHITECTURES = ("femnist_cnn", "resnet18_cifar")
 SCENARIOS = {"1": "Scenario I (pre-training data only on clients)", "2": "Scenario II (clients plus a server dataset)"}
@@ -65,8 +69,8 @@ def build_model_card(
     Args:
         config: the checkpoint's ``config.json``. Its ``copre_hub`` block, as ``copre-hub pretrain`` writes it,
             may hold ``model_id``, ``repo_id`` (the repository the card is for; without it, the card is for a
-            local folder), ``method``, ``scenario`` (1 or 2), ``seed``, ``data``
-            (``dataset``, ``pretrain_classes``, ``downstream_classes``), ``partition`` (``num_clients``,
+            local folder), ``method`` and ``method_display`` (its printed name), ``scenario`` (1 or 2), ``seed``,
+            ``data`` (``dataset``, ``pretrain_classes``, ``downstream_classes``), ``partition`` (``num_clients``,
             ``scheme``, ``alpha``, ``server_fraction``), ``hyperparameters`` (``rounds``, ...), ``recipe``,
             ``versions``, ``final_metrics`` (the last round's), ``sha256`` and ``eval_results``.
         run_record: the pre-training run: ``recipe`` (nested dict), ``rounds`` (list of per-round metric dicts;
@@ -130,7 +134,7 @@ def build_model_card(
         registered_by_copre_hub=config["architecture"] in REGISTERED_ARCHITECTURES,
         num_classes=config.get("num_classes", "?"),
         input_size="x".join(str(size) for size in config.get("pretrained_cfg", {}).get("input_size", ())) or "?",
-        method_name=_display("method", method) or "unknown method",
+        method_name=_method_name(meta) or "unknown method",
         scenario=_display("scenario", meta.get("scenario") or ""),
         dataset=_display("dataset", dataset),
         sha256=meta.get("sha256") or "",
@@ -289,7 +293,7 @@ def _pretraining_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     partition = facts.get("partition") or {}
     split = {"pretrain": data.get("pretrain_classes"), "downstream": data.get("downstream_classes")}
     rows = [
-        ("Method", _display("method", facts.get("method"))),
+        ("Method", _method_name(facts)),
         ("Scenario", _display("scenario", facts.get("scenario"))),
         ("Dataset", _display("dataset", data.get("dataset"))),
         ("Class split", split if data.get("pretrain_classes") else None),
@@ -358,13 +362,18 @@ def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:
 
 
 def _summary(config: dict[str, Any], meta: dict[str, Any], dataset: str) -> str:
-    method = _display("method", meta.get("method") or "") or "federated"
+    method = _method_name(meta) or "federated"
     text = f"A {method} pre-trained initialization of timm `{config['architecture']}` for federated downstream tasks"
     if dataset:
         text += f", pre-trained on {_display('dataset', dataset)}"
     if meta.get("scenario"):
         text += f" in {_display('scenario', meta['scenario'])}"
     return text + "."
+
+
+def _method_name(facts: dict[str, Any]) -> str:
+    """The printed name of the pre-training method: the block's ``method_display``, else the id's known name."""
+    return str(facts.get("method_display") or _display("method", facts.get("method") or ""))
 
 
 def _display(key: str, value: Any) -> Any:

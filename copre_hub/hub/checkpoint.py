@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copre_hub import __version__
+from copre_hub._io import fsync
 from copre_hub.errors import CheckpointError, ConfigError, IntegrityError, OutputError
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ def timm_config(
     """
     import timm
 
-    importlib.import_module("copre_hub.fl.models")
+    import copre_hub.timm_models  # noqa: F401 - registers copre-hub's own architectures with timm
+
     if not timm.is_model(architecture):
         raise ConfigError(f"architecture {architecture!r} is not a timm model name; see timm.list_models().")
     head = getattr(model, "num_classes", num_classes)
@@ -285,7 +286,8 @@ def check_timm_config(config: dict[str, Any], folder: str | Path) -> None:
     import timm
     from timm.models import PretrainedCfg
 
-    importlib.import_module("copre_hub.fl.models")
+    import copre_hub.timm_models  # noqa: F401 - registers copre-hub's own architectures with timm
+
     architecture = config["architecture"]
     if not timm.is_model(architecture):
         raise CheckpointError(
@@ -409,27 +411,19 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 def _publish(staging: Path, folder: Path) -> None:
     for name in (WEIGHTS_NAME, CARD_NAME, CONFIG_NAME):
-        _fsync(staging / name)
-    _fsync(staging)
+        fsync(staging / name)
+    fsync(staging)
     if not folder.exists():
         try:
             os.rename(staging, folder)
-            _fsync(folder.parent)
+            fsync(folder.parent)
             return
         except OSError:
             if not folder.is_dir():
                 raise
     for name in (WEIGHTS_NAME, CARD_NAME, CONFIG_NAME):
         os.replace(staging / name, folder / name)
-    _fsync(folder)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync(folder)
 
 
 def _safetensors_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -102,12 +102,12 @@ def _head_size(state: Mapping[str, Any], classifier: str | list[str] | None, def
 
 def _fitted_model(config: dict[str, Any], state: Mapping[str, Any], num_classes: int, source: str | None):
     """``config``'s architecture with ``num_classes`` classes and ``state`` loaded strictly."""
-    import importlib
 
     import timm
     import torch
 
-    importlib.import_module("copre_hub.fl.models")  # copre-hub's own architectures
+    import copre_hub.timm_models  # noqa: F401 - registers copre-hub's own architectures with timm
+
     architecture = config["architecture"]
     model = timm.create_model(
         architecture, pretrained=False, num_classes=num_classes, **dict(config.get("model_args", {}))

@@ -1,5 +1,9 @@
 """Pre-training methods, one module each. Every ``Method`` subclass with a ``name`` found in this package is
-available by that name, so adding a method means adding one file.
+available by that name, so adding a method means adding one file: recipes, ``create_method``, the ``--method``
+help, ``copre_hub.fl``'s exports and the model card's method name (``display_name``) all come from here.
+
+A ``Method`` subclass defined elsewhere is available too once its module is imported. Two classes may not share
+a ``name``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ from copre_hub.fl.methods.base import Method
 
 
 def available() -> dict[str, type[Method]]:
-    """Every method by name (imports this package's modules on first call)."""
+    """Every method by name (imports this package's modules on first call).
+
+    Raises:
+        TypeError: two ``Method`` subclasses declare the same ``name``.
+    """
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
     found: dict[str, type[Method]] = {}
@@ -21,9 +29,19 @@ def available() -> dict[str, type[Method]]:
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        if cls.name:
-            found[cls.name] = cls
+        if not cls.name or found.get(cls.name) is cls:
+            continue
+        if cls.name in found:
+            raise TypeError(
+                f"two methods are named {cls.name!r}: {_qualified(found[cls.name])} and {_qualified(cls)}; "
+                "give one of them another `name`."
+            )
+        found[cls.name] = cls
     return dict(sorted(found.items()))
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def create_method(name: str, **params: object) -> Method:

@@ -59,9 +59,14 @@ class Method:
         server_steps, server_lr: Scenario II refinement, SGD iterations on the server data after each round.
         query_fraction: share of a client's data in its query set, for methods that split (``uses_query``).
         resplit_every_round: redraw each client's support/query split every round (Algorithm 1) or once.
+
+    Class attributes:
+        name: the id recipes, the CLI and checkpoints use (``method.name``); a class without one is not offered.
+        display_name: how cards and help print the method (e.g. ``"q-FFL"``); defaults to ``name``.
     """
 
     name: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""
 
     rounds: int = 50
     participants: int = 20
@@ -77,6 +82,12 @@ class Method:
     server_lr: float = 1e-3
     query_fraction: float = 0.2
     resplit_every_round: bool = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Default a subclass's ``display_name`` to its own ``name``, never to an inherited display name."""
+        super().__init_subclass__(**kwargs)
+        if "display_name" not in vars(cls):
+            cls.display_name = cls.name
 
     def __post_init__(self) -> None:
         positive = {"rounds": self.rounds, "participants": self.participants, "batch_size": self.batch_size}

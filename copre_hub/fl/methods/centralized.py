@@ -22,6 +22,7 @@ class Centralized(Method):
     """SGD on all pre-training data; ``rounds`` counts epochs."""
 
     name = "centralized"
+    display_name = "Centralized"
 
     batch_size: int = 64
 

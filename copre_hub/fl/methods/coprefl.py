@@ -47,6 +47,7 @@ class CoPreFL(Method):
     """
 
     name = "coprefl"
+    display_name = "CoPreFL"
 
     gamma: float = 0.5
     meta_lr: float = 1e-3

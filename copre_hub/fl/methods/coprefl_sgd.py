@@ -19,6 +19,7 @@ class CoPreFLSGD(CoPreFL):
     """CoPreFL on the clients' queries, refined by SGD on the server data; Scenario II only."""
 
     name = "coprefl-sgd"
+    display_name = "CoPreFL-SGD"
 
     scenario: int = 2
 

@@ -16,3 +16,4 @@ class FedAvg(Method):
     """Local SGD on each participant's full data, averaged with weights proportional to data size."""
 
     name = "fedavg"
+    display_name = "FedAvg"

@@ -32,6 +32,7 @@ class FedMeta(Method):
     server's outer step."""
 
     name = "fedmeta"
+    display_name = "FedMeta"
 
     meta_lr: float = 1e-3
 

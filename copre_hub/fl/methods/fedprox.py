@@ -16,6 +16,7 @@ class FedProx(Method):
     """FedAvg with a proximal term pulling local weights toward the round's global weights."""
 
     name = "fedprox"
+    display_name = "FedProx"
 
     mu: float = 1.0
 

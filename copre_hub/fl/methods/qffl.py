@@ -25,6 +25,7 @@ class QFFL(Method):
     """Fair resource allocation: clients with larger loss get larger aggregation weight. ``q >= 0``."""
 
     name = "qffl"
+    display_name = "q-FFL"
 
     q: float = 1.0
 

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from copre_hub._io import atomic_write
+from copre_hub._io import atomic_write, fsync
 from copre_hub.errors import ConfigError
 from copre_hub.hub.ids import is_commit_hash, validate_repo_id
 
@@ -206,7 +206,7 @@ class RepoStore:
                 if final.exists():
                     raise StoreError(409, f"repository {self.get_repo(repo_id).id} already exists")
                 os.rename(staging, final)
-                _fsync_dir(final.parent)
+                fsync(final.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename happened
         return self.get_repo(repo_id)
@@ -422,7 +422,7 @@ class BlobWriter:
             path.parent.mkdir(exist_ok=True)
             os.chmod(self._path, 0o644)
             os.replace(self._path, path)
-            _fsync_dir(path.parent)
+            fsync(path.parent)
         return entry
 
     def discard(self) -> None:
@@ -498,12 +498,4 @@ def _write_atomic(path: Path, content: bytes | str | dict[str, object]) -> None:
         content = json.dumps(content, indent=1)
     data = content.encode() if isinstance(content, str) else content
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync(path.parent)
