@@ -216,13 +216,10 @@ class Method:
         """The local (and server) optimiser's settings beyond the learning rate."""
         return SGDSettings(momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)
 
-    def local_amount(self) -> dict:
-        """How much local work a round is: ``{"epochs": E}`` or ``{"steps": S}``."""
-        return {"epochs": self.local_epochs} if self.local_steps is None else {"steps": self.local_steps}
-
     def local_schedule(self) -> dict:
         """Keyword arguments of :meth:`Simulation.train` for one client's local update."""
-        return {"lr": self.lr, "batch_size": self.batch_size, "sgd": self.sgd, **self.local_amount()}
+        amount = {"epochs": self.local_epochs} if self.local_steps is None else {"steps": self.local_steps}
+        return {"lr": self.lr, "batch_size": self.batch_size, "sgd": self.sgd, **amount}
 
     def accumulator(self, sim: Simulation) -> Accumulator:
         """The round's running sums (allocated once per simulation, zeroed each round)."""
