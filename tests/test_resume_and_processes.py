@@ -145,3 +145,23 @@ def test_two_machines_on_loopback_match_one(reference, data_dir_module, tmp_path
     ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert_same_weights(weights(out), reference)
+
+
+LEAVES_GROUP = """
+import atexit, torch
+from copre_hub.fl.distributed import Processes
+atexit.register(lambda: print("initialized at exit:", torch.distributed.is_initialized(), flush=True))
+processes = Processes.from_accelerate(cpu=True)  # its exit handler is registered later, so it runs first
+print("all-reduced:", processes.all_reduce_(torch.ones(1)).item(), flush=True)
+"""
+
+
+def test_processes_leave_the_process_group_before_interpreter_teardown(tmp_path) -> None:
+    """Gloo left to teardown can SIGABRT a finished worker ("terminate called without an active exception")."""
+    script = tmp_path / "worker.py"
+    script.write_text(LEAVES_GROUP)
+    done = subprocess.run(
+        [*launch_command(2, free_port()), str(script)], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.count("all-reduced: 2.0") == 2
+    assert done.stdout.count("initialized at exit: False") == 2

@@ -7,6 +7,7 @@ with a single flattened all-reduce. Processes are started by ``accelerate launch
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import socket
 import sys
@@ -36,6 +37,8 @@ class Processes:
         state = PartialState(cpu=cpu or not torch.cuda.is_available())
         if state.device.type == "cpu" and mixed_precision == "bf16":
             mixed_precision = "no"
+        if state.num_processes > 1:
+            atexit.register(_leave_process_group)
         return cls(state.process_index, state.num_processes, state.device, mixed_precision)
 
     @property
@@ -76,6 +79,16 @@ class Processes:
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group while the interpreter is still whole.
+
+    Left to interpreter teardown, gloo's worker threads can abort the process ("terminate called without an active
+    exception", SIGABRT) after its work is done, and the launcher then fails the whole run.
+    """
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def launch_command(
