@@ -4,6 +4,13 @@
     python benchmarks/reproduce_paper.py --scale cpu --dataset cifar100     # about an hour on 2 CPU cores
     python benchmarks/reproduce_paper.py --scale paper --dataset cifar100   # the paper's settings, for a GPU
 
+On a CPU, processes that share the work folder can split the initializations (each with one thread), then one
+run without ``--shard`` reuses everything and writes the tables::
+
+    OMP_NUM_THREADS=1 python benchmarks/reproduce_paper.py --scale paper --dataset femnist --shard 0/2 &
+    OMP_NUM_THREADS=1 python benchmarks/reproduce_paper.py --scale paper --dataset femnist --shard 1/2 &
+    wait; python benchmarks/reproduce_paper.py --scale paper --dataset femnist
+
 Stages, one function each:
 
 1. ``pretrain_all``: every initialization (Random, Centralized, FedAvg, FedMeta, q-FFL, CoPreFL at each gamma of
@@ -444,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     protocol = DownstreamConfig.for_dataset(
         args.dataset, args.protocol, tasks=scale.tasks, rounds=scale.downstream_rounds, seed=args.task_seed
     )
+    if args.shard != "0/1":
+        return run_shard(args, scale, protocol, work)
     reports, initializations = [], {}
     for seed in args.seeds:
         runs = plan(scale, args.dataset, seed, tuple(args.pretrain_set))
@@ -573,6 +582,26 @@ def pretraining_table(initializations: dict, classes: int) -> dict:
     }
 
 
+def run_shard(args: argparse.Namespace, scale: Scale, protocol, work: Path) -> int:
+    """Pre-train and evaluate every n-th initialization of each seed (``--shard i/n``), for parallel processes.
+
+    The shards share the work folder; a final run without ``--shard`` reuses all of it and writes the tables.
+    """
+    index, count = (int(part) for part in args.shard.split("/"))
+    for seed in args.seeds:
+        runs = plan(scale, args.dataset, seed, tuple(args.pretrain_set))
+        first = next(r.recipe for r in runs if r.recipe)
+        for run in runs[index::count]:
+            checkpoint = (
+                pretrain_one(run, work / f"seed-{seed}" / "pretrain" / run.label, not args.quiet)
+                if run.recipe
+                else None
+            )
+            evaluate_one(run, checkpoint, protocol, first.data, first.model.architecture, work, not args.quiet)
+    print(f"shard {args.shard} done; rerun without --shard to write the tables")
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted({s for s, _ in SCALES}), default="cpu")
@@ -596,6 +625,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="pre-training runs and per-initialization evaluations (default: runs/reproduce-<scale>-<dataset>); "
         "rerunning reuses what is there",
+    )
+    parser.add_argument(
+        "--shard", default="0/1", help="i/n: only every n-th initialization from i, for parallel processes (no tables)"
     )
     parser.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
     default_data = os.environ.get("COPRE_HUB_DATA") or (REPO.parent / "shared" / "data")

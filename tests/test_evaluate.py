@@ -280,6 +280,21 @@ def test_paired_table_differences_task_by_task() -> None:
     assert table["rows"] == [["coprefl", "+2.00 ± 12.71", "+0.00 ± 127.06", "+2.00 ± 12.71", "2/2", "1/2"]]
 
 
+def test_shards_split_each_seeds_initializations_between_processes(monkeypatch, tmp_path, capsys) -> None:
+    bench = load_benchmark()
+    done: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(bench, "pretrain_one", lambda run, out, progress: out)
+    monkeypatch.setattr(bench, "evaluate_one", lambda run, checkpoint, *rest: done.append((run.label, checkpoint)))
+    labels = [run.label for run in bench.plan(bench.SCALES[("smoke", "femnist")], "femnist", 0)]
+    for shard in ("0/2", "1/2"):
+        argv = ["--scale", "smoke", "--dataset", "femnist", "--seeds", "0", "3", "--shard", shard]
+        assert bench.main([*argv, "--work-dir", str(tmp_path), "-q"]) == 0
+    assert [label for label, _ in done] == labels[0::2] * 2 + labels[1::2] * 2  # each once per seed, in one shard
+    folders = {checkpoint for _, checkpoint in done}
+    assert tmp_path / "seed-3" / "pretrain" / labels[1] in folders  # where the unsharded run looks for them
+    assert ("random", None) in done and "rerun without --shard" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_reproduce_paper_smoke_end_to_end_then_reused(cifar, tmp_path) -> None:
     bench = load_benchmark()
