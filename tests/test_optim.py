@@ -64,6 +64,26 @@ def test_fedavg_with_momentum_is_torch_sgd_fresh_on_each_client_each_round() -> 
         torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_centralized_uses_the_optimizer_settings_fresh_each_epoch() -> None:
+    """Centralized with momentum and weight decay is torch.optim.SGD over the pooled data, a new one each epoch."""
+    data = tiny_federation()
+    settings = {"momentum": 0.9, "weight_decay": 1e-3}
+    method = create_method("centralized", rounds=2, batch_size=8, lr=0.05, **settings)
+    model = tiny_model()
+    method.fit(model, data, seed=SEED)
+
+    reference = tiny_model()
+    pooled = torch.cat(list(data.clients))
+    for t in range(2):
+        opt = torch.optim.SGD(reference.parameters(), lr=0.05, **settings)
+        for batch in iterate_batches(pooled, 8, generator(SEED, "centralized", t), epochs=1):
+            opt.zero_grad()
+            F.cross_entropy(reference(data.images[batch]), data.labels[batch]).backward()
+            opt.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

@@ -1,7 +1,8 @@
-"""Centralized pre-training (the paper's "Centralized" baseline): plain SGD on the pooled pre-training data.
+"""Centralized pre-training (the paper's "Centralized" baseline): SGD on the pooled pre-training data.
 
 A round is one epoch over every client's data (and the server's in Scenario II); the paper uses batch 64 and 50
-epochs. Every process computes the same epoch, so extra processes add no speed here, only agreement.
+epochs. Every process computes the same epoch, so extra processes add no speed here, only agreement. Momentum
+and weight decay apply as for clients; the momentum state starts fresh with each epoch (each round).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class Centralized(Method):
         parts = [*sim.data.clients, *([sim.data.server] if self.scenario == 2 else [])]
         pooled = torch.cat(parts)
         loss = sim.train(
-            pooled, lr=self.lr, batch_size=self.batch_size, epochs=1, generator=generator(seed, "centralized", t)
+            pooled,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            epochs=1,
+            generator=generator(seed, "centralized", t),
+            sgd=self.sgd,
         )
         return {"train_loss": loss}
