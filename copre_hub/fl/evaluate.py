@@ -285,6 +285,7 @@ def evaluate(
     processes: Processes | None = None,
     progress: bool = False,
     cache_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every initialization of ``sources`` on the same downstream tasks; returns the report.
 
@@ -301,6 +302,7 @@ def evaluate(
         cache_dir: keep each finished task there and reuse those an earlier call finished under the same
             protocol, data and tasks (see :class:`TaskCache`): an interrupted comparison resumes where it stopped,
             and a baseline such as ``"random"`` is evaluated once for several checkpoints.
+        data_dir: folder of local dataset copies (``--data-dir``); default: ``$COPRE_HUB_DATA``, else the Hub.
 
     Returns:
         The report described in the module docstring.
@@ -322,7 +324,7 @@ def evaluate(
     data = data or data_config(inits)
     if not isinstance(cfg, DownstreamConfig):
         cfg = DownstreamConfig.for_dataset(data.dataset, **(cfg or {}))
-    images = load_image_data(data)
+    images = load_image_data(data, data_dir)
     seen, unseen = split_classes(images, data, inits, cfg.seed)
     pool = class_pool(cfg, seen, unseen)
     tasks = draw_tasks(images, seen, unseen, cfg)
@@ -330,7 +332,7 @@ def evaluate(
         "protocol": dataclasses.asdict(cfg),
         "data": {
             "dataset": data.dataset,
-            "source": portable_source(images.source),
+            "source": portable_source(images.source, data_dir),
             "input_size": list(images.input_size),
             "pretrain_classes": list(seen),
             "downstream_classes": list(unseen),

@@ -56,6 +56,7 @@ class Prepared:
     class_names: list[str]
     input_size: tuple[int, int, int]
     init: dict[str, Any] | None = None
+    data_dir: Path | None = None  # the folder of local dataset copies the data came from (None: $COPRE_HUB_DATA)
 
 
 def initial_model(
@@ -88,10 +89,11 @@ def initial_model(
     return model, {"id": source, "sha256": sha256_file(folder / WEIGHTS_NAME)}
 
 
-def prepare(recipe: Recipe) -> Prepared:
-    """Load the data, split classes, partition clients, build the model and the method (all validated)."""
+def prepare(recipe: Recipe, data_dir: Path | None = None) -> Prepared:
+    """Load the data (known datasets from ``data_dir``, default ``$COPRE_HUB_DATA``, else the Hub), split classes,
+    partition clients, build the model and the method (all validated)."""
     method = recipe.build_method()
-    images = load_image_data(recipe.data)
+    images = load_image_data(recipe.data, data_dir)
     pretrain_classes, downstream_classes = class_split(images, recipe.data, recipe.seed)
     fed = build_federation(images, pretrain_classes, recipe.partition, recipe.seed)
     method.validate(fed)
@@ -106,6 +108,7 @@ def prepare(recipe: Recipe) -> Prepared:
         classes=(pretrain_classes, downstream_classes),
         class_names=[images.class_names[c] for c in pretrain_classes],
         input_size=images.input_size,
+        data_dir=data_dir,
     )
 
 
@@ -116,6 +119,7 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     processes: Processes | None = None,
+    data_dir: Path | None = None,
 ) -> Path:
     """Run ``recipe`` into ``output_dir`` and return the checkpoint folder.
 
@@ -125,6 +129,7 @@ def pretrain(
         resume: continue the run saved in ``output_dir`` (same recipe required).
         progress: show a progress bar on the main process.
         processes: this process's place among processes; by default joined through Accelerate.
+        data_dir: folder of local dataset copies (``--data-dir``); default: ``$COPRE_HUB_DATA``, else the Hub.
 
     A failure leaves no folder behind that the run created and did not fill. On Ctrl-C, ``run.json`` records
     ``interrupted`` and the ``KeyboardInterrupt`` propagates.
@@ -140,7 +145,7 @@ def pretrain(
     require_device(recipe.run.device)
     check_output(out, resume)
     saved = read_state(out, recipe) if resume else None
-    prepared = prepare(recipe)
+    prepared = prepare(recipe, data_dir)
     with _created_folder(out):
         return _train(recipe, prepared, out, saved, processes, progress)
 
@@ -337,7 +342,7 @@ def checkpoint_meta(prepared: Prepared, versions: dict[str, str], final_metrics:
         "fingerprint": recipe.fingerprint(),
         "seed": recipe.seed,
         "data": {
-            "source": portable_source(source) if (source := data.meta.get("source")) else None,
+            "source": portable_source(source, prepared.data_dir) if (source := data.meta.get("source")) else None,
             "pretrain_classes": list(pretrain_classes),
             "downstream_classes": list(downstream_classes),
             "num_clients": data.num_clients,
