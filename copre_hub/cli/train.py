@@ -180,9 +180,10 @@ def run_summary(run_dir: Path, checkpoint: Path) -> str:
     """What a finished pre-training reports: rounds, time, final loss, the weights' sha256 and what to run next."""
     from copre_hub.fl.pretrain import RECORD_NAME
     from copre_hub.hub.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+    from copre_hub.hub.meta import CheckpointMeta
 
     record = json.loads((run_dir / RECORD_NAME).read_text())
-    sha256 = (json.loads((checkpoint / CONFIG_NAME).read_text()).get("copre_hub") or {}).get("sha256")
+    sha256 = CheckpointMeta.from_config(json.loads((checkpoint / CONFIG_NAME).read_text())).sha256
     last = (record.get("rounds") or [{}])[-1]
     loss = next((f"{key} {last[key]:.4f}" for key in ("train_loss", "query_loss_mean") if key in last), "no loss")
     lines = [

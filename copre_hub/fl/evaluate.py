@@ -59,6 +59,7 @@ from copre_hub.fl.partition import class_split
 from copre_hub.fl.pretrain import software_versions
 from copre_hub.fl.seeding import derive_seed
 from copre_hub.hub.cards import int_ranges
+from copre_hub.hub.meta import CheckpointMeta, block_of
 
 RANDOM = "random"
 FORMAT = "copre-hub/downstream-evaluation/1"
@@ -90,9 +91,9 @@ class Initialization:
         return self.folder is None
 
     @property
-    def block(self) -> dict[str, Any]:
+    def meta(self) -> CheckpointMeta:
         """The checkpoint's ``copre_hub`` block (empty for random or a plain timm export)."""
-        return dict((self.config or {}).get("copre_hub") or {})
+        return CheckpointMeta.from_config(self.config or {})
 
     @property
     def architecture(self) -> str | None:
@@ -103,7 +104,7 @@ class Initialization:
 
     @property
     def default_label(self) -> str:
-        return RANDOM if self.is_random else str(self.block.get("model_id") or self.source)
+        return RANDOM if self.is_random else str(self.meta.model_id or self.source)
 
 
 def resolve(source: str) -> Initialization:
@@ -144,10 +145,9 @@ def with_random_architecture(inits: Sequence[Initialization], architecture: str 
 def data_config(inits: Sequence[Initialization]) -> DataConfig:
     """The dataset the first checkpoint was pre-trained on (its recipe's data table), else CIFAR-100."""
     for init in inits:
-        block = init.block
-        recipe_data = (block.get("recipe") or {}).get("data") or {}
-        dataset = recipe_data.get("dataset") or (block.get("data") or {}).get("dataset")
-        if dataset:
+        meta = init.meta
+        recipe_data = (meta.recipe or {}).get("data") or {}
+        if dataset := meta.dataset:
             fields = {k: recipe_data[k] for k in _DATA_KEYS if recipe_data.get(k) is not None}
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
             return DataConfig(**{**fields, "dataset": dataset})
@@ -165,9 +165,8 @@ def split_classes(
     """
     recorded = {}
     for init in inits:
-        split = init.block.get("data") or {}
-        if split.get("pretrain_classes") and split.get("downstream_classes"):
-            recorded[init.source] = (tuple(split["pretrain_classes"]), tuple(split["downstream_classes"]))
+        if split := init.meta.class_split:
+            recorded[init.source] = split
     if len(set(recorded.values())) > 1:
         raise ConfigError(
             f"{', '.join(recorded)} were pre-trained on different class splits, so they have different unseen "
@@ -267,8 +266,8 @@ def evaluate_initialization(
         "label": label,
         "source": init.source,
         "architecture": init.architecture,
-        "model_id": init.block.get("model_id"),
-        "sha256": init.block.get("sha256"),
+        "model_id": init.meta.model_id,
+        "sha256": init.meta.sha256,
         "summary": summarize(per_task),
         "tasks": per_task,
         "seconds": sum(result["seconds"] for result in per_task),
@@ -427,8 +426,8 @@ class TaskCache:
     def _path(self, init: Initialization) -> Path | None:
         if init.is_random:
             identity: Any = {"random": list(init.random_arch or ())}
-        elif init.block.get("sha256"):
-            identity = {"sha256": init.block["sha256"]}
+        elif init.meta.sha256:
+            identity = {"sha256": init.meta.sha256}
         else:
             return None
         return self.folder / f"{_digest({'setting': self.setting, 'weights': identity})[:24]}.json"
@@ -623,9 +622,8 @@ def merge_into_checkpoint(folder: str | Path, result: dict[str, Any]) -> Path:
         )
     config = verify_checkpoint(folder)
     model = load_checkpoint(folder)
-    block = dict(config.get("copre_hub") or {})
-    previous = block.get("eval_results") or []
-    previous = [previous] if isinstance(previous, dict) else list(previous)
+    block = block_of(config)
+    previous = CheckpointMeta.from_config(config).eval_results
     kept = [r for r in previous if (r.get("dataset"), r.get("protocol")) != (result["dataset"], result["protocol"])]
     cfg = config["pretrained_cfg"]
     return save_checkpoint(

@@ -38,6 +38,7 @@ from copre_hub.fl.recipe import Recipe, differences
 from copre_hub.fl.recipe_files import RECORD_NAME
 from copre_hub.fl.seeding import derive_seed
 from copre_hub.fl.simulation import Simulation
+from copre_hub.hub.meta import CheckpointMeta
 
 STATE_NAME = "state.safetensors"
 CHECKPOINT_DIR = "checkpoint"
@@ -328,20 +329,21 @@ def save_run_checkpoint(prepared: Prepared, sim: Simulation, folder: Path, recor
 
 
 def checkpoint_meta(prepared: Prepared, versions: dict[str, str], final_metrics: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's ``copre_hub`` block: what the run was (method, recipe, data, partition, starting weights,
-    versions and the last round's metrics), whichever runtime trained it."""
+    """The checkpoint's ``copre_hub`` block (a :class:`~copre_hub.hub.meta.CheckpointMeta`, as stored): what the
+    run was (method, recipe, data, partition, starting weights, versions and the last round's metrics), whichever
+    runtime trained it."""
     recipe, data = prepared.recipe, prepared.data
     pretrain_classes, downstream_classes = prepared.classes
-    return {
-        "model_id": recipe.name,
-        "method": prepared.method.name,
-        "method_display": prepared.method.display_name,
-        "scenario": prepared.method.scenario,
-        "hyperparameters": prepared.method.hyperparameters(),
-        "recipe": recipe.to_dict(),
-        "fingerprint": recipe.fingerprint(),
-        "seed": recipe.seed,
-        "data": {
+    meta = CheckpointMeta(
+        model_id=recipe.name,
+        method=prepared.method.name,
+        method_display=prepared.method.display_name,
+        scenario=prepared.method.scenario,
+        hyperparameters=prepared.method.hyperparameters(),
+        recipe=recipe.to_dict(),
+        fingerprint=recipe.fingerprint(),
+        seed=recipe.seed,
+        data={
             "source": portable_source(source, prepared.data_dir) if (source := data.meta.get("source")) else None,
             "pretrain_classes": list(pretrain_classes),
             "downstream_classes": list(downstream_classes),
@@ -349,11 +351,12 @@ def checkpoint_meta(prepared: Prepared, versions: dict[str, str], final_metrics:
             "server_size": 0 if data.server is None else int(data.server.numel()),
             "dataset": recipe.data.dataset,
         },
-        "partition": dataclasses.asdict(recipe.partition),
-        "versions": versions,
-        "final_metrics": final_metrics,
-        "init": prepared.init,
-    }
+        partition=dataclasses.asdict(recipe.partition),
+        versions=versions,
+        final_metrics=final_metrics,
+        init=prepared.init,
+    )
+    return meta.to_block()
 
 
 def checkpoint_args(prepared: Prepared) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from copre_hub import __version__
 from copre_hub._io import fsync
 from copre_hub.errors import CheckpointError, ConfigError, IntegrityError, OutputError
+from copre_hub.hub.meta import BLOCK
 
 if TYPE_CHECKING:
     import torch
@@ -104,7 +105,7 @@ def save_checkpoint(
         raise OutputError(f"cannot write checkpoint folder {folder}: {error.strerror}.") from error
     try:
         save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
-        config["copre_hub"]["sha256"] = sha256_file(staging / WEIGHTS_NAME)
+        config[BLOCK]["sha256"] = sha256_file(staging / WEIGHTS_NAME)
         if card is None:
             from copre_hub.hub.cards import build_model_card
 
@@ -189,7 +190,7 @@ def timm_config(
         config["global_pool"] = pool
     if label_names is not None:
         config["label_names"] = list(label_names)
-    config["copre_hub"] = {**meta, "sha256": None, "copre_hub_version": __version__}
+    config[BLOCK] = {**meta, "sha256": None, "copre_hub_version": __version__}
     return config
 
 
@@ -256,7 +257,7 @@ def recorded_sha256(config: dict[str, Any], folder: Path) -> str | None:
     Raises:
         CheckpointError: the block exists but records no sha256.
     """
-    block = config.get("copre_hub")
+    block = config.get(BLOCK)
     if block is None:
         return None
     recorded = block.get("sha256") if isinstance(block, dict) else None
