@@ -149,7 +149,7 @@ class DemoResult:
         commit: the pushed commit.
         checkpoint: the local checkpoint folder that was pushed.
         weights_match: whether ``copre_hub.load(repo_id)`` gave exactly the pushed weights.
-        report: the downstream comparison (see :mod:`copre_hub.fl.evaluate`).
+        report: the downstream comparison (format: :mod:`copre_hub.fl.evaluate`).
         results: the report as JSON.
         plot: the per-client accuracy plot.
     """
@@ -185,7 +185,7 @@ def run_demo(
     """
     from copre_hub._progress import only_our_progress_bars
     from copre_hub.fl.data import data_folder, resolve_source
-    from copre_hub.fl.evaluate import format_table, write_report
+    from copre_hub.fl.report import format_table, write_report
 
     output, data_dir = Path(output), data_folder(data_dir)
     check_output_folder(output)

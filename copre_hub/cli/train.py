@@ -282,8 +282,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from copre_hub._progress import only_our_progress_bars
     from copre_hub.fl.data import DataConfig
     from copre_hub.fl.distributed import Processes
-    from copre_hub.fl.evaluate import evaluate, format_table, write_report
+    from copre_hub.fl.evaluate import evaluate
     from copre_hub.fl.pretrain import require_device
+    from copre_hub.fl.report import format_table, write_report
 
     require_device(args.device)
     data = DataConfig(dataset=args.dataset, path=args.data_path) if args.dataset else None
@@ -334,7 +335,8 @@ def _check_source(source: str) -> None:
 
 def _merge(report: dict) -> None:
     """Record each local checkpoint's results in its config block and card; Hub ids are only named."""
-    from copre_hub.fl.evaluate import RANDOM, card_eval_result, merge_into_checkpoint
+    from copre_hub.fl.evaluate import RANDOM
+    from copre_hub.fl.report import card_eval_result, merge_into_checkpoint
 
     for entry in report["initializations"]:
         if entry["source"] == RANDOM:

@@ -36,7 +36,7 @@ class CheckpointMeta:
         versions: software versions of the run.
         final_metrics: the last round's metrics.
         init: the starting weights (``{"id", "sha256"}``); None for random weights.
-        eval_results: downstream results merged in (see :func:`copre_hub.fl.evaluate.card_eval_result`).
+        eval_results: downstream results merged in (see :func:`copre_hub.fl.report.card_eval_result`).
         sha256: of ``model.safetensors``; ``copre_hub_version`` the version that wrote the folder.
         extra: every other key of the block, as found.
     """
