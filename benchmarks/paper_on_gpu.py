@@ -271,7 +271,7 @@ def work(args: argparse.Namespace, kind: str, seed: int, label: str) -> int:
 
 def assemble(args: argparse.Namespace) -> tuple[dict | None, list[rp.Run], list[str]]:
     """The combined report of the initializations evaluated for every seed, the plan, and the labels missing."""
-    from copre_hub.fl.evaluate import merge_reports
+    from copre_hub.fl.report import merge_reports
 
     runs = runs_of(args, args.seeds[0])
     finished = [r.label for r in runs if all(finished_report(args, seed, r.label) is not None for seed in args.seeds)]

@@ -263,7 +263,7 @@ def evaluate_all(
     runs: list[Run], checkpoints: dict[str, Path], protocol, data, architecture: str, work: Path, progress: bool
 ) -> dict:
     """One report over every initialization, each evaluated (or reloaded) on its own under the same protocol."""
-    from copre_hub.fl.evaluate import merge_reports
+    from copre_hub.fl.report import merge_reports
 
     return merge_reports(
         [evaluate_one(run, checkpoints.get(run.label), protocol, data, architecture, work, progress) for run in runs]
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from copre_hub import _io
     from copre_hub.fl.downstream import DownstreamConfig
-    from copre_hub.fl.evaluate import plot_client_accuracies
+    from copre_hub.fl.report import plot_client_accuracies
 
     began = time.perf_counter()
     scale = SCALES[(args.scale, args.dataset)]

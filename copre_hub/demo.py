@@ -14,14 +14,14 @@ The endpoint is stopped at the end. Everything lands in the output folder (defau
     results.json            the downstream comparison (format of `copre-hub evaluate`)
     client_accuracies.png   per-client test accuracy, one panel per initialization
 
-CIFAR-100 is read from ``$COPRE_HUB_DATA/cifar100`` (``--data-dir``) when that is set, else from the Hub. The Hub
+CIFAR-100 is read from ``<data folder>/cifar100`` when there is a data folder (``data_dir``, i.e. ``--data-dir``,
+else ``$COPRE_HUB_DATA``), else from the Hub. The Hub
 cache used for the pull is a temporary folder, so the user's own cache is never touched. The only progress bars are
 copre-hub's own (pre-training rounds, downstream rounds): those of huggingface_hub and datasets are off meanwhile.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import secrets
@@ -149,7 +149,7 @@ class DemoResult:
         commit: the pushed commit.
         checkpoint: the local checkpoint folder that was pushed.
         weights_match: whether ``copre_hub.load(repo_id)`` gave exactly the pushed weights.
-        report: the downstream comparison (see :mod:`copre_hub.fl.evaluate`).
+        report: the downstream comparison (format: :mod:`copre_hub.fl.evaluate`).
         results: the report as JSON.
         plot: the per-client accuracy plot.
     """
@@ -166,34 +166,38 @@ class DemoResult:
 
 
 def run_demo(
-    settings: DemoSettings, output: str | os.PathLike[str] = DEFAULT_OUTPUT, progress: bool = True
+    settings: DemoSettings,
+    output: str | os.PathLike[str] = DEFAULT_OUTPUT,
+    progress: bool = True,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> DemoResult:
-    """Run the demo (see the module docstring) into ``output`` and return what it produced.
+    """Run the demo (see the module docstring) into ``output`` and return what it produced; CIFAR-100 comes from
+    ``data_dir`` (default: ``$COPRE_HUB_DATA``, else the Hub).
 
     Environment variables the demo sets for its endpoint (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_CACHE``,
     ``HF_HUB_OFFLINE``) are restored when it returns.
 
     Raises:
-        DatasetNotFoundError: ``$COPRE_HUB_DATA`` is set but holds no ``cifar100/``, or it is unset and the Hub
-            cannot be reached (checked before anything is written).
+        DatasetNotFoundError: the data folder holds no ``cifar100/``, or there is none and the Hub cannot be
+            reached (checked before anything is written).
         OutputError: ``output`` cannot be written.
         ResumeError: ``output`` holds a pre-training run of other settings under the same name.
     """
-    from copre_hub.cli import only_our_progress_bars
-    from copre_hub.fl.data import resolve_source
-    from copre_hub.fl.evaluate import format_table, write_report
+    from copre_hub._progress import only_our_progress_bars
+    from copre_hub.fl.data import data_folder, resolve_source
+    from copre_hub.fl.report import format_table, write_report
 
-    output = Path(output)
+    output, data_dir = Path(output), data_folder(data_dir)
     check_output_folder(output)
-    resolve_source(settings.recipe().data)
+    resolve_source(settings.recipe().data, data_dir)
     repo_id = f"{DEMO_ORG}/{settings.name}"
     storage = output / "hub"
     with local_hub(storage) as endpoint, only_our_progress_bars():
         say(f"[1/5] local Hub endpoint {endpoint} (storage {storage}; stopped at the end)")
-        checkpoint = pretrain_initialization(settings, output / "runs" / settings.name, progress)
+        checkpoint = pretrain_initialization(settings, output / "runs" / settings.name, progress, data_dir)
         commit = publish(checkpoint, repo_id)
         weights_match = reload_matches(repo_id, checkpoint)
-        report = compare(repo_id, settings, progress)
+        report = compare(repo_id, settings, progress, data_dir)
     results, plot = write_report(report, output)
     say("\n" + format_table(report))
     say(f"\nresults: {results}\nplot: {plot}\ncheckpoint: {checkpoint}")
@@ -254,22 +258,22 @@ def _set_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def pretrain_initialization(settings: DemoSettings, run_dir: Path, progress: bool) -> Path:
-    """Pre-train the embedded recipe into ``run_dir`` (continuing or reusing a run of the same settings there);
-    returns the checkpoint folder."""
+def pretrain_initialization(settings: DemoSettings, run_dir: Path, progress: bool, data_dir: Path | None) -> Path:
+    """Pre-train the embedded recipe on the data in ``data_dir`` (or the Hub) into ``run_dir`` (continuing or
+    reusing a run of the same settings there); returns the checkpoint folder."""
     from copre_hub.fl.data import resolve_source
     from copre_hub.fl.pretrain import STATE_NAME, pretrain
 
     recipe = settings.recipe()
     method = recipe.method
     say(
-        f"[2/5] pre-training {recipe.name}: CoPreFL on CIFAR-100 ({resolve_source(recipe.data)}), "
+        f"[2/5] pre-training {recipe.name}: CoPreFL on CIFAR-100 ({resolve_source(recipe.data, data_dir)}), "
         f"{method['rounds']} rounds x {method['participants']} of {recipe.partition.num_clients} clients"
     )
     resume = (run_dir / STATE_NAME).exists()
     if resume:
         say(f"      continuing the run in {run_dir} (delete it to train from scratch)")
-    return pretrain(recipe, run_dir, resume=resume, progress=progress)
+    return pretrain(recipe, run_dir, resume=resume, progress=progress, data_dir=data_dir)
 
 
 def publish(checkpoint: Path, repo_id: str) -> str:
@@ -297,8 +301,9 @@ def reload_matches(repo_id: str, checkpoint: Path) -> bool:
     return match
 
 
-def compare(repo_id: str, settings: DemoSettings, progress: bool) -> dict[str, Any]:
-    """One downstream FedAvg task from random weights and from ``repo_id``, on identical draws; the report."""
+def compare(repo_id: str, settings: DemoSettings, progress: bool, data_dir: Path | None) -> dict[str, Any]:
+    """One downstream FedAvg task from random weights and from ``repo_id``, on identical draws (data from
+    ``data_dir``, or the Hub); the report."""
     from copre_hub.fl.evaluate import evaluate
 
     cfg = settings.downstream()
@@ -306,47 +311,11 @@ def compare(repo_id: str, settings: DemoSettings, progress: bool) -> dict[str, A
         f"[5/5] downstream FedAvg on {cfg.classes_per_task} unseen classes: {cfg.clients} clients, "
         f"{cfg.rounds} rounds x {cfg.local_steps} local steps, from random init and from CoPreFL init"
     )
-    return evaluate(["random", repo_id], cfg, labels=[RANDOM_LABEL, COPREFL_LABEL], progress=progress)
+    return evaluate(
+        ["random", repo_id], cfg, labels=[RANDOM_LABEL, COPREFL_LABEL], progress=progress, data_dir=data_dir
+    )
 
 
 def say(text: str) -> None:
     """Print a demo line at once (progress bars share the terminal)."""
     print(text, flush=True)
-
-
-# -- the `copre-hub demo` verb ----------------------------------------------------------------------------------------
-
-
-def register(verbs: argparse._SubParsersAction) -> None:
-    """Add the ``demo`` verb to the top-level parser (nothing heavy is imported here)."""
-    parser = verbs.add_parser(
-        "demo",
-        help="pre-train, publish, load and compare an initialization, all on this machine",
-        description="Start a local Hub endpoint, pre-train a small CoPreFL initialization on CIFAR-100, push it, "
-        "load it back with copre_hub.load, and compare one downstream FedAvg task from random and from CoPreFL "
-        "weights. No account or Hub access needed when the data is local (--data-dir). About 5-6 minutes on 2 CPU "
-        "cores.",
-    )
-    parser.add_argument("--size", choices=sorted(SIZES), default="default", help="default, or tiny (seconds)")
-    parser.add_argument("--data-dir", type=Path, help="folder of local dataset copies (sets COPRE_HUB_DATA)")
-    parser.add_argument(
-        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help=f"output folder (default: {DEFAULT_OUTPUT})"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=_demo)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from copre_hub.fl.data import DataConfig, resolve_source
-
-    check_output_folder(args.output)  # these two checks run before anything heavy is imported
-    if args.data_dir:
-        os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
-    resolve_source(DataConfig(dataset="cifar100"))
-    try:
-        run_demo(SIZES[args.size], args.output, progress=not args.quiet)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            f"the rounds saved in {args.output / 'runs'} are kept: run the same command again to continue."
-        ) from None
-    return 0

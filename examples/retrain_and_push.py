@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import copre_hub
-from copre_hub.fl.evaluate import card_eval_result, evaluate, format_table, merge_into_checkpoint, write_report
+from copre_hub.fl.evaluate import evaluate
 from copre_hub.fl.pretrain import pretrain
 from copre_hub.fl.recipe import load_recipe
+from copre_hub.fl.report import card_eval_result, format_table, merge_into_checkpoint, write_report
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -13,20 +13,9 @@ from copre_hub.cli import main
 from copre_hub.errors import ConfigError
 from copre_hub.fl.data import ImageData
 from copre_hub.fl.downstream import DownstreamConfig
-from copre_hub.fl.evaluate import (
-    PLOT_NAME,
-    REPORT_NAME,
-    Initialization,
-    card_eval_result,
-    evaluate,
-    format_table,
-    merge_reports,
-    model_factory,
-    resolve,
-    with_random_architecture,
-    write_report,
-)
+from copre_hub.fl.evaluate import Initialization, evaluate, model_factory, resolve, with_random_architecture
 from copre_hub.fl.metrics import summarize, task_metrics
+from copre_hub.fl.report import PLOT_NAME, REPORT_NAME, card_eval_result, format_table, merge_reports, write_report
 
 SPLIT = {"dataset": "cifar100", "pretrain_classes": list(range(80)), "downstream_classes": list(range(80, 100))}
 SETTINGS = {"tasks": 2, "rounds": 1, "local_steps": 1, "batch_size": 16}
@@ -176,6 +165,8 @@ def test_cli_evaluates_and_merges_into_the_checkpoint(checkpoint, tmp_path, caps
 
     folder = Path(shutil.copytree(checkpoint, tmp_path / "mine"))
     sha = json.loads((folder / "config.json").read_text())["copre_hub"]["sha256"]
+    weights = folder / "model.safetensors"
+    before = (weights.read_bytes(), weights.stat().st_mtime_ns, weights.stat().st_ino)
     args = ["evaluate", str(folder), "--tasks", "1", "--rounds", "1", "--local-steps", "1", "-o", str(tmp_path / "out")]
     for _ in range(2):  # the second merge replaces the first (same protocol)
         assert main([*args, "-q", "--merge"]) == 0
@@ -184,7 +175,8 @@ def test_cli_evaluates_and_merges_into_the_checkpoint(checkpoint, tmp_path, caps
     assert (tmp_path / "out" / REPORT_NAME).is_file() and (tmp_path / "out" / PLOT_NAME).is_file()
     block = json.loads((folder / "config.json").read_text())["copre_hub"]
     assert len(block["eval_results"]) == 1 and block["eval_results"][0]["tasks"] == 1
-    assert block["sha256"] == sha  # weights rewritten unchanged
+    assert block["sha256"] == sha
+    assert (weights.read_bytes(), weights.stat().st_mtime_ns, weights.stat().st_ino) == before  # weights untouched
     metrics = {r["name"] for r in copre_hub.info(folder).eval_results}
     assert any("mean accuracy" in name for name in metrics)
     readme = (folder / "README.md").read_text()

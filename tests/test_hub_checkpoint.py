@@ -15,7 +15,13 @@ from timm.models import PretrainedCfg
 
 from copre_hub import __version__
 from copre_hub.errors import CheckpointError, ConfigError, IntegrityError, OutputError
-from copre_hub.hub.checkpoint import load_checkpoint, save_checkpoint, sha256_file, verify_checkpoint
+from copre_hub.hub.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    sha256_file,
+    update_metadata,
+    verify_checkpoint,
+)
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module, skip: str = "\0") -> bool:
@@ -84,6 +90,24 @@ def test_saving_over_a_folder_replaces_the_checkpoint_and_keeps_other_files(tmp_
     assert same_weights(second, load_checkpoint(folder))
     assert (folder / "run_record.json").exists()
     assert [path.name for path in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
+
+
+def test_a_metadata_update_rewrites_only_the_config_and_the_card(tiny_checkpoint) -> None:
+    _, folder = tiny_checkpoint
+    weights = folder / "model.safetensors"
+    before = (weights.read_bytes(), weights.stat().st_mtime_ns, weights.stat().st_ino)
+    old = verify_checkpoint(folder)
+    block = {**old["copre_hub"], "model_id": "renamed", "sha256": "forged", "note": "kept"}
+    assert update_metadata(folder, block) == folder
+    assert (weights.read_bytes(), weights.stat().st_mtime_ns, weights.stat().st_ino) == before
+    config = verify_checkpoint(folder)  # still sound: the recorded sha256 is the weights', not the one passed
+    assert config["copre_hub"] == {**block, "sha256": old["copre_hub"]["sha256"], "copre_hub_version": __version__}
+    assert config["pretrained_cfg"]["tag"] == "renamed" and "renamed" in (folder / "README.md").read_text()
+    assert {key: value for key, value in config.items() if key != "copre_hub"} == {
+        **{key: value for key, value in old.items() if key != "copre_hub"},
+        "pretrained_cfg": {**old["pretrained_cfg"], "tag": "renamed"},
+    }
+    assert sorted(path.name for path in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_whole(

@@ -166,10 +166,19 @@ def test_a_closed_output_pipe_is_one_line(tiny_checkpoint) -> None:
 
 def test_flags_that_name_a_whole_setup_need_no_recipe(places) -> None:
     from copre_hub.cli import build_parser
-    from copre_hub.fl.cli import _recipe_data
+    from copre_hub.cli.train import _recipe_data
 
     setup = ["--method", "fedavg", "--arch", "test_resnet", "--dataset", "cifar100", "--rounds", "2"]
     args = build_parser().parse_args(["pretrain", *setup, "--set", "method.lr=0.01"])
     raw = _recipe_data(args)
     assert raw["name"] == "fedavg-test_resnet-cifar100"
     assert raw["method"] == {"name": "fedavg", "rounds": 2, "lr": 0.01}
+
+
+@pytest.mark.parametrize("verb", [["pretrain", SMOKE], ["evaluate", "random", *MODEL], ["demo"]])
+def test_data_dir_is_passed_on_not_written_to_the_environment(verb, places, monkeypatch, capsys) -> None:
+    """``--data-dir`` wins over ``$COPRE_HUB_DATA`` (here an empty folder) and leaves the environment as it was."""
+    monkeypatch.setenv("COPRE_HUB_DATA", places["empty"])
+    assert run([*verb, "-o", places["out"], "--data-dir", f"{places['data']}/cifar100"]) == 2
+    assert "give its parent" in capsys.readouterr().err  # --data-dir was read, not the empty folder
+    assert os.environ["COPRE_HUB_DATA"] == places["empty"]

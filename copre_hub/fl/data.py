@@ -3,8 +3,9 @@
 A dataset is named in a recipe's ``[data]`` table. Known names (``cifar100``, ``femnist``, ``tiny-imagenet``) carry
 their Hub id, column names, class split and normalisation; any other name is taken as a Hub id or, with ``path``, a
 local folder (Parquet shards or an imagefolder tree). Resolution (:func:`resolve_source`): ``path`` when given;
-else, for a known name, ``$COPRE_HUB_DATA/<name>`` when ``COPRE_HUB_DATA`` is set; else the Hub id (needs the
-internet). A local source that is named but does not hold the dataset is an error, never a silent download.
+else, for a known name, ``<data folder>/<name>`` when there is a data folder (``data_dir=``, i.e. ``--data-dir``,
+else ``$COPRE_HUB_DATA``: :func:`data_folder`); else the Hub id (needs the internet). A local source that is
+named but does not hold the dataset is an error, never a silent download.
 Reports and checkpoints record the source without the machine's data folder (:func:`portable_source`).
 
 Importing this module does not import torch or numpy (recipe checks use it before any heavy import).
@@ -139,8 +140,15 @@ class ImageData:
         return self.labels.numel()
 
 
-def resolve_source(cfg: DataConfig) -> str:
-    """The local folder or Hub id that ``cfg`` points at (see the module docstring for the order).
+def data_folder(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The folder of local dataset copies: ``data_dir`` (``--data-dir``) when given, else ``$COPRE_HUB_DATA``, else
+    None (known datasets then come from the Hub)."""
+    return Path(data_dir).expanduser() if data_dir else _env.data_dir()
+
+
+def resolve_source(cfg: DataConfig, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """The local folder or Hub id that ``cfg`` points at (see the module docstring for the order); ``data_dir``
+    is the folder of local copies (default: ``$COPRE_HUB_DATA``, see :func:`data_folder`).
 
     Raises:
         DatasetNotFoundError: ``data.path`` or ``$COPRE_HUB_DATA/<name>`` is named but does not hold the dataset
@@ -152,7 +160,7 @@ def resolve_source(cfg: DataConfig) -> str:
         check_dataset_folder(path, "data.path (--data-path)")
         return str(path)
     spec = cfg.spec
-    root = _env.data_dir()
+    root = data_folder(data_dir)
     if root is not None and (spec is not None or (root / cfg.dataset.lower()).is_dir()):
         folder = root / cfg.dataset.lower()
         _check_data_dir(root, cfg.dataset.lower())
@@ -168,11 +176,12 @@ def resolve_source(cfg: DataConfig) -> str:
     )
 
 
-def portable_source(source: str) -> str:
-    """``source`` (what :func:`resolve_source` returned) as reports and checkpoints record it: a folder inside
-    ``$COPRE_HUB_DATA`` as ``$COPRE_HUB_DATA/<its path there>``, so no machine's absolute path is written; a Hub
-    id, or a ``data.path`` folder elsewhere (the recipe records it as given anyway), unchanged."""
-    root, folder = _env.data_dir(), Path(source)
+def portable_source(source: str, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """``source`` (what :func:`resolve_source` returned) as reports and checkpoints record it: a folder inside the
+    data folder (``data_dir``, default ``$COPRE_HUB_DATA``) as ``$COPRE_HUB_DATA/<its path there>``, so no
+    machine's absolute path is written; a Hub id, or a ``data.path`` folder elsewhere (the recipe records it as
+    given anyway), unchanged."""
+    root, folder = data_folder(data_dir), Path(source)
     if root is None or not folder.is_dir():
         return source
     try:
@@ -218,14 +227,15 @@ def _holds_data(folder: Path) -> bool:
     return any(path.suffix.lower() in DATA_SUFFIXES for path in folder.rglob("*") if not path.name.startswith("."))
 
 
-def load_image_data(cfg: DataConfig) -> ImageData:
-    """Load ``cfg``'s dataset as an :class:`ImageData`, decoding images only the first time (then from cache).
+def load_image_data(cfg: DataConfig, data_dir: str | os.PathLike[str] | None = None) -> ImageData:
+    """Load ``cfg``'s dataset as an :class:`ImageData`, decoding images only the first time (then from cache);
+    ``data_dir`` is the folder of local copies (default: ``$COPRE_HUB_DATA``, see :func:`data_folder`).
 
     Raises:
         DatasetNotFoundError: the dataset is neither local nor reachable on the Hub.
         DataError: a configured column does not exist, or the images do not share one shape.
     """
-    source = resolve_source(cfg)
+    source = resolve_source(cfg, data_dir)
     raw = _load_hf_dataset(source, cfg)
     spec = cfg.spec
     columns = raw.column_names

@@ -81,6 +81,14 @@ class Processes:
             torch.distributed.barrier()
 
 
+def is_main_process() -> bool:
+    """Whether this process is the one that reports (prints summaries and paths): the main one of the processes
+    ``accelerate launch``/torchrun started, or the only one; the others stay silent so a line is printed once."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def _leave_process_group() -> None:
     """Destroy the process group while the interpreter is still whole.
 

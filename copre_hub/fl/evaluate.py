@@ -24,7 +24,8 @@ The report (JSON, ``results.json``)::
       "versions": {package: version}, "created": ISO time
     }
 
-Metric definitions are in :mod:`copre_hub.fl.metrics`.
+Metric definitions are in :mod:`copre_hub.fl.metrics`; tables, plots, card results and merges of a report are in
+:mod:`copre_hub.fl.report`.
 """
 
 from __future__ import annotations
@@ -54,16 +55,14 @@ from copre_hub.fl.downstream import (
     reset_head,
     run_task,
 )
-from copre_hub.fl.metrics import LOWEST, summarize, task_metrics
+from copre_hub.fl.metrics import summarize, task_metrics
 from copre_hub.fl.partition import class_split
 from copre_hub.fl.pretrain import software_versions
 from copre_hub.fl.seeding import derive_seed
-from copre_hub.hub.cards import int_ranges
+from copre_hub.hub.meta import CheckpointMeta
 
 RANDOM = "random"
 FORMAT = "copre-hub/downstream-evaluation/1"
-REPORT_NAME = "results.json"
-PLOT_NAME = "client_accuracies.png"
 # Keys of DataConfig that describe the dataset itself (a recipe's data.path is machine-specific and left out).
 _DATA_KEYS = ("dataset", "splits", "image_column", "label_column", "writer_column")
 
@@ -90,9 +89,9 @@ class Initialization:
         return self.folder is None
 
     @property
-    def block(self) -> dict[str, Any]:
+    def meta(self) -> CheckpointMeta:
         """The checkpoint's ``copre_hub`` block (empty for random or a plain timm export)."""
-        return dict((self.config or {}).get("copre_hub") or {})
+        return CheckpointMeta.from_config(self.config or {})
 
     @property
     def architecture(self) -> str | None:
@@ -103,7 +102,7 @@ class Initialization:
 
     @property
     def default_label(self) -> str:
-        return RANDOM if self.is_random else str(self.block.get("model_id") or self.source)
+        return RANDOM if self.is_random else str(self.meta.model_id or self.source)
 
 
 def resolve(source: str) -> Initialization:
@@ -144,10 +143,9 @@ def with_random_architecture(inits: Sequence[Initialization], architecture: str 
 def data_config(inits: Sequence[Initialization]) -> DataConfig:
     """The dataset the first checkpoint was pre-trained on (its recipe's data table), else CIFAR-100."""
     for init in inits:
-        block = init.block
-        recipe_data = (block.get("recipe") or {}).get("data") or {}
-        dataset = recipe_data.get("dataset") or (block.get("data") or {}).get("dataset")
-        if dataset:
+        meta = init.meta
+        recipe_data = (meta.recipe or {}).get("data") or {}
+        if dataset := meta.dataset:
             fields = {k: recipe_data[k] for k in _DATA_KEYS if recipe_data.get(k) is not None}
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
             return DataConfig(**{**fields, "dataset": dataset})
@@ -165,9 +163,8 @@ def split_classes(
     """
     recorded = {}
     for init in inits:
-        split = init.block.get("data") or {}
-        if split.get("pretrain_classes") and split.get("downstream_classes"):
-            recorded[init.source] = (tuple(split["pretrain_classes"]), tuple(split["downstream_classes"]))
+        if split := init.meta.class_split:
+            recorded[init.source] = split
     if len(set(recorded.values())) > 1:
         raise ConfigError(
             f"{', '.join(recorded)} were pre-trained on different class splits, so they have different unseen "
@@ -267,8 +264,8 @@ def evaluate_initialization(
         "label": label,
         "source": init.source,
         "architecture": init.architecture,
-        "model_id": init.block.get("model_id"),
-        "sha256": init.block.get("sha256"),
+        "model_id": init.meta.model_id,
+        "sha256": init.meta.sha256,
         "summary": summarize(per_task),
         "tasks": per_task,
         "seconds": sum(result["seconds"] for result in per_task),
@@ -285,6 +282,7 @@ def evaluate(
     processes: Processes | None = None,
     progress: bool = False,
     cache_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run every initialization of ``sources`` on the same downstream tasks; returns the report.
 
@@ -301,6 +299,7 @@ def evaluate(
         cache_dir: keep each finished task there and reuse those an earlier call finished under the same
             protocol, data and tasks (see :class:`TaskCache`): an interrupted comparison resumes where it stopped,
             and a baseline such as ``"random"`` is evaluated once for several checkpoints.
+        data_dir: folder of local dataset copies (``--data-dir``); default: ``$COPRE_HUB_DATA``, else the Hub.
 
     Returns:
         The report described in the module docstring.
@@ -313,7 +312,7 @@ def evaluate(
 
     Example:
         >>> report = evaluate(["runs/coprefl/checkpoint", "random"])  # doctest: +SKIP
-        >>> print(format_table(report))  # doctest: +SKIP
+        >>> print(copre_hub.fl.report.format_table(report))  # doctest: +SKIP
     """
     if not sources:
         raise ConfigError("nothing to evaluate; give checkpoint folders, Hub ids or 'random'.")
@@ -322,7 +321,7 @@ def evaluate(
     data = data or data_config(inits)
     if not isinstance(cfg, DownstreamConfig):
         cfg = DownstreamConfig.for_dataset(data.dataset, **(cfg or {}))
-    images = load_image_data(data)
+    images = load_image_data(data, data_dir)
     seen, unseen = split_classes(images, data, inits, cfg.seed)
     pool = class_pool(cfg, seen, unseen)
     tasks = draw_tasks(images, seen, unseen, cfg)
@@ -330,7 +329,7 @@ def evaluate(
         "protocol": dataclasses.asdict(cfg),
         "data": {
             "dataset": data.dataset,
-            "source": portable_source(images.source),
+            "source": portable_source(images.source, data_dir),
             "input_size": list(images.input_size),
             "pretrain_classes": list(seen),
             "downstream_classes": list(unseen),
@@ -425,8 +424,8 @@ class TaskCache:
     def _path(self, init: Initialization) -> Path | None:
         if init.is_random:
             identity: Any = {"random": list(init.random_arch or ())}
-        elif init.block.get("sha256"):
-            identity = {"sha256": init.block["sha256"]}
+        elif init.meta.sha256:
+            identity = {"sha256": init.meta.sha256}
         else:
             return None
         return self.folder / f"{_digest({'setting': self.setting, 'weights': identity})[:24]}.json"
@@ -450,199 +449,6 @@ def unique_labels(labels: Sequence[str], count: int) -> list[str]:
         seen[label] = seen.get(label, 0) + 1
         out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
     return out
-
-
-def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One report holding the initializations of several, which must share the protocol, data and tasks.
-
-    Evaluating initializations one call at a time (to save each result as it finishes) and merging gives the
-    same report as one call, because the tasks depend only on the protocol's seed and the data.
-
-    Raises:
-        ConfigError: the reports were made under different protocols, data or tasks.
-    """
-    if not reports:
-        raise ConfigError("no reports to merge.")
-    first = reports[0]
-    for other in reports[1:]:
-        for key in ("protocol", "data", "tasks"):
-            if other[key] != first[key]:
-                raise ConfigError(f"cannot merge evaluations with different {key}; rerun them with the same settings.")
-    entries = [entry for report in reports for entry in report["initializations"]]
-    labels = unique_labels([entry["label"] for entry in entries], len(entries))
-    return {**first, "initializations": [{**e, "label": lab} for e, lab in zip(entries, labels, strict=True)]}
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The comparison as text, the one format of ``copre-hub evaluate`` and the demo.
-
-    One row per initialization (mean ± std over tasks; no std with one task), then, when ``random`` weights are in
-    the report, each other initialization's difference from them, then a legend of the columns.
-    """
-    columns = [("mean_accuracy", "accuracy (%)"), ("variance", "variance"), *_LOWEST_COLUMNS]
-    tasks = report["protocol"]["tasks"]
-    entries = report["initializations"]
-
-    def cell(summary: dict[str, float], key: str) -> str:
-        return f"{summary[key]:.2f}" + (f" ± {summary[f'{key}_std']:.2f}" if tasks > 1 else "")
-
-    rows = [["initialization", *(name for _, name in columns)]]
-    rows += [[entry["label"], *(cell(entry["summary"], key) for key, _ in columns)] for entry in entries]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) + 1)]
-    lines = [
-        "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
-        for row in rows
-    ]
-    baseline = next((entry for entry in entries if entry["source"] == RANDOM), None)
-    if baseline is not None:
-        lines += [_difference(entry, baseline) for entry in entries if entry is not baseline]
-    spread = f"mean ± std over {tasks} tasks" if tasks > 1 else "1 task"
-    lines.append(
-        f"({spread} of {report['protocol']['clients']} clients; accuracy: the clients' mean final test accuracy; "
-        "variance: of the client accuracies, in %²; lowest k%: mean accuracy of the worst k% of clients)"
-    )
-    return "\n".join(lines)
-
-
-_LOWEST_COLUMNS = [(f"lowest_{k}", f"lowest {k}% (%)") for k in LOWEST]
-
-
-def _difference(entry: dict[str, Any], baseline: dict[str, Any]) -> str:
-    ours, theirs = entry["summary"], baseline["summary"]
-    return (
-        f"{entry['label']} vs {baseline['label']}: "
-        f"{ours['mean_accuracy'] - theirs['mean_accuracy']:+.2f} points of accuracy, "
-        f"{ours['variance'] - theirs['variance']:+.2f} variance, "
-        f"{ours['lowest_10'] - theirs['lowest_10']:+.2f} points for the lowest 10%"
-    )
-
-
-def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``client_accuracies.png`` into ``folder`` (atomically); returns both paths."""
-    folder = Path(folder)
-    json_path = _io.atomic_write_json(folder / REPORT_NAME, report)
-    return json_path, plot_client_accuracies(report, folder / PLOT_NAME)
-
-
-def plot_client_accuracies(report: dict[str, Any], path: str | Path) -> Path:
-    """Histogram of per-client test accuracy (all tasks pooled), one panel per initialization (Figure 2 style)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    entries = report["initializations"]
-    figure = Figure(figsize=(6.4, 1.6 + 1.4 * len(entries)), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(len(entries), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
-    bins = list(range(0, 105, 5))
-    for ax, entry, colour in zip(axes, entries, _colours(len(entries)), strict=True):
-        accuracies = [a for task in entry["tasks"] for a in task["client_accuracies"]]
-        summary = entry["summary"]
-        ax.hist(accuracies, bins=bins, color=colour, alpha=0.8, edgecolor="white", label="clients per 5% bin")
-        ax.axvline(summary["mean_accuracy"], color="black", linestyle="--", linewidth=1, label="mean accuracy")
-        ax.axvline(summary["lowest_10"], color="black", linestyle=":", linewidth=1, label="lowest 10% (mean)")
-        ax.set_title(
-            f"{entry['label']}: mean {summary['mean_accuracy']:.1f}%, variance {summary['variance']:.1f}, "
-            f"lowest 10% {summary['lowest_10']:.1f}%",
-            fontsize=9,
-            loc="left",
-        )
-        ax.set_ylabel("clients")
-    axes[0].legend(fontsize=7, loc="upper left", frameon=False)
-    axes[-1].set_xlabel("client test accuracy (%), all tasks' clients pooled")
-    axes[-1].set_xlim(0, 100)
-    protocol = report["protocol"]
-    tasks = f"{protocol['tasks']} task" + ("s" if protocol["tasks"] != 1 else "")
-    figure.suptitle(
-        f"{report['data']['dataset']}: {tasks} x {protocol['clients']} clients, "
-        f"{protocol['algorithm']} {protocol['rounds']} rounds",
-        fontsize=10,
-    )
-    return _io.atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
-
-
-def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
-    """One initialization's results in the shape :func:`copre_hub.hub.cards.build_model_card` documents.
-
-    ``client_accuracies`` pools every task's clients. ``protocol`` (the full downstream settings) is kept too,
-    so a later merge of the same protocol replaces this entry instead of adding a second one. ``baselines`` holds
-    the summaries of the report's other initializations (e.g. random), which faced the same tasks, and this
-    initialization's paired differences against each (``paired``), so the card can show what it gains over them.
-
-    Raises:
-        ConfigError: no initialization has that label.
-    """
-    entry = next((e for e in report["initializations"] if e["label"] == label), None)
-    if entry is None:
-        known = ", ".join(e["label"] for e in report["initializations"])
-        raise ConfigError(f"no initialization labelled {label!r} in the report; labels are {known}.")
-    protocol = report["protocol"]
-    summary = entry["summary"]
-    return {
-        "dataset": report["data"]["dataset"],
-        "classes": f"{protocol['class_pool']} {int_ranges(report['data']['class_pool'])}",
-        "algorithm": protocol["algorithm"],
-        "tasks": protocol["tasks"],
-        "clients": protocol["clients"],
-        "rounds": protocol["rounds"],
-        **{key: summary[key] for key in sorted(summary)},
-        "client_accuracies": [a for task in entry["tasks"] for a in task["client_accuracies"]],
-        "protocol": protocol,
-        "baselines": [
-            {"label": other["label"], **other["summary"], "paired": paired(entry, other)}
-            for other in report["initializations"]
-            if other is not entry
-        ],
-    }
-
-
-def paired(entry: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """``entry`` minus ``other`` task by task, per metric (:func:`copre_hub.fl.metrics.paired_difference`)."""
-    from copre_hub.fl.metrics import METRICS, paired_difference
-
-    return {m: paired_difference([t[m] for t in entry["tasks"]], [t[m] for t in other["tasks"]]) for m in METRICS}
-
-
-def merge_into_checkpoint(folder: str | Path, result: dict[str, Any]) -> Path:
-    """Add ``result`` (see :func:`card_eval_result`) to a local checkpoint's ``copre_hub.eval_results`` and card.
-
-    A previous result with the same dataset and protocol is replaced; others are kept. The folder is rewritten
-    with :func:`copre_hub.hub.checkpoint.save_checkpoint` (atomic per file; the weights are rewritten unchanged).
-
-    Raises:
-        ConfigError: ``folder`` is a Hugging Face cache snapshot (copy it to a folder of your own first).
-        CheckpointError, IntegrityError: the folder is not a sound checkpoint.
-    """
-    from copre_hub.hub.checkpoint import WEIGHTS_NAME, load_checkpoint, save_checkpoint, verify_checkpoint
-
-    folder = Path(folder)
-    if (folder / WEIGHTS_NAME).is_symlink():
-        raise ConfigError(
-            f"{folder} is a Hub cache snapshot; copy it first (cp -rL {folder} my-checkpoint) and merge into the copy."
-        )
-    config = verify_checkpoint(folder)
-    model = load_checkpoint(folder)
-    block = dict(config.get("copre_hub") or {})
-    previous = block.get("eval_results") or []
-    previous = [previous] if isinstance(previous, dict) else list(previous)
-    kept = [r for r in previous if (r.get("dataset"), r.get("protocol")) != (result["dataset"], result["protocol"])]
-    cfg = config["pretrained_cfg"]
-    return save_checkpoint(
-        model,
-        folder,
-        architecture=config["architecture"],
-        model_args=config.get("model_args") or {},
-        num_classes=config["num_classes"],
-        input_size=tuple(cfg["input_size"]),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        copre_hub_meta={**block, "eval_results": [*kept, result]},
-        label_names=config.get("label_names"),
-    )
-
-
-def _colours(count: int) -> list[str]:
-    palette = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974"]
-    return [palette[i % len(palette)] for i in range(count)]
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -38,6 +38,7 @@ from copre_hub.fl.recipe import Recipe, differences
 from copre_hub.fl.recipe_files import RECORD_NAME
 from copre_hub.fl.seeding import derive_seed
 from copre_hub.fl.simulation import Simulation
+from copre_hub.hub.meta import CheckpointMeta
 
 STATE_NAME = "state.safetensors"
 CHECKPOINT_DIR = "checkpoint"
@@ -56,6 +57,7 @@ class Prepared:
     class_names: list[str]
     input_size: tuple[int, int, int]
     init: dict[str, Any] | None = None
+    data_dir: Path | None = None  # the folder of local dataset copies the data came from (None: $COPRE_HUB_DATA)
 
 
 def initial_model(
@@ -88,10 +90,11 @@ def initial_model(
     return model, {"id": source, "sha256": sha256_file(folder / WEIGHTS_NAME)}
 
 
-def prepare(recipe: Recipe) -> Prepared:
-    """Load the data, split classes, partition clients, build the model and the method (all validated)."""
+def prepare(recipe: Recipe, data_dir: Path | None = None) -> Prepared:
+    """Load the data (known datasets from ``data_dir``, default ``$COPRE_HUB_DATA``, else the Hub), split classes,
+    partition clients, build the model and the method (all validated)."""
     method = recipe.build_method()
-    images = load_image_data(recipe.data)
+    images = load_image_data(recipe.data, data_dir)
     pretrain_classes, downstream_classes = class_split(images, recipe.data, recipe.seed)
     fed = build_federation(images, pretrain_classes, recipe.partition, recipe.seed)
     method.validate(fed)
@@ -106,6 +109,7 @@ def prepare(recipe: Recipe) -> Prepared:
         classes=(pretrain_classes, downstream_classes),
         class_names=[images.class_names[c] for c in pretrain_classes],
         input_size=images.input_size,
+        data_dir=data_dir,
     )
 
 
@@ -116,6 +120,7 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     processes: Processes | None = None,
+    data_dir: Path | None = None,
 ) -> Path:
     """Run ``recipe`` into ``output_dir`` and return the checkpoint folder.
 
@@ -125,6 +130,7 @@ def pretrain(
         resume: continue the run saved in ``output_dir`` (same recipe required).
         progress: show a progress bar on the main process.
         processes: this process's place among processes; by default joined through Accelerate.
+        data_dir: folder of local dataset copies (``--data-dir``); default: ``$COPRE_HUB_DATA``, else the Hub.
 
     A failure leaves no folder behind that the run created and did not fill. On Ctrl-C, ``run.json`` records
     ``interrupted`` and the ``KeyboardInterrupt`` propagates.
@@ -140,7 +146,7 @@ def pretrain(
     require_device(recipe.run.device)
     check_output(out, resume)
     saved = read_state(out, recipe) if resume else None
-    prepared = prepare(recipe)
+    prepared = prepare(recipe, data_dir)
     with _created_folder(out):
         return _train(recipe, prepared, out, saved, processes, progress)
 
@@ -323,32 +329,34 @@ def save_run_checkpoint(prepared: Prepared, sim: Simulation, folder: Path, recor
 
 
 def checkpoint_meta(prepared: Prepared, versions: dict[str, str], final_metrics: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's ``copre_hub`` block: what the run was (method, recipe, data, partition, starting weights,
-    versions and the last round's metrics), whichever runtime trained it."""
+    """The checkpoint's ``copre_hub`` block (a :class:`~copre_hub.hub.meta.CheckpointMeta`, as stored): what the
+    run was (method, recipe, data, partition, starting weights, versions and the last round's metrics), whichever
+    runtime trained it."""
     recipe, data = prepared.recipe, prepared.data
     pretrain_classes, downstream_classes = prepared.classes
-    return {
-        "model_id": recipe.name,
-        "method": prepared.method.name,
-        "method_display": prepared.method.display_name,
-        "scenario": prepared.method.scenario,
-        "hyperparameters": prepared.method.hyperparameters(),
-        "recipe": recipe.to_dict(),
-        "fingerprint": recipe.fingerprint(),
-        "seed": recipe.seed,
-        "data": {
-            "source": portable_source(source) if (source := data.meta.get("source")) else None,
+    meta = CheckpointMeta(
+        model_id=recipe.name,
+        method=prepared.method.name,
+        method_display=prepared.method.display_name,
+        scenario=prepared.method.scenario,
+        hyperparameters=prepared.method.hyperparameters(),
+        recipe=recipe.to_dict(),
+        fingerprint=recipe.fingerprint(),
+        seed=recipe.seed,
+        data={
+            "source": portable_source(source, prepared.data_dir) if (source := data.meta.get("source")) else None,
             "pretrain_classes": list(pretrain_classes),
             "downstream_classes": list(downstream_classes),
             "num_clients": data.num_clients,
             "server_size": 0 if data.server is None else int(data.server.numel()),
             "dataset": recipe.data.dataset,
         },
-        "partition": dataclasses.asdict(recipe.partition),
-        "versions": versions,
-        "final_metrics": final_metrics,
-        "init": prepared.init,
-    }
+        partition=dataclasses.asdict(recipe.partition),
+        versions=versions,
+        final_metrics=final_metrics,
+        init=prepared.init,
+    )
+    return meta.to_block()
 
 
 def checkpoint_args(prepared: Prepared) -> dict[str, Any]:

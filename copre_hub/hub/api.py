@@ -72,6 +72,7 @@ from copre_hub.hub.ids import (
     published_repo_id,
     validate_revision,
 )
+from copre_hub.hub.meta import CheckpointMeta
 from copre_hub.hub.snapshots import check_pin, snapshot, unpublished_error
 
 if TYPE_CHECKING:
@@ -295,7 +296,7 @@ def push(
                 for path in files
             ),
         ]
-        model_name = (config.get("copre_hub") or {}).get("model_id") or folder.name
+        model_name = CheckpointMeta.from_config(config).model_id or folder.name
         commit = api.create_commit(
             repo,
             operations,
@@ -374,7 +375,7 @@ def info(model_id: str | os.PathLike[str], revision: str | None = None) -> Check
         config=config,
         card=card.to_dict() if card is not None else {},
         eval_results=results,
-        sha256=(config.get("copre_hub") or {}).get("sha256"),
+        sha256=CheckpointMeta.from_config(config).sha256,
         source=found.source,
     )
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from copre_hub import _env
 from copre_hub.errors import CheckpointError
+from copre_hub.hub.meta import CheckpointMeta, block_of
 
 if TYPE_CHECKING:
     import yaml
@@ -67,12 +68,13 @@ def build_model_card(
     Everything is optional beyond ``config["architecture"]``: missing pieces leave their section saying so.
 
     Args:
-        config: the checkpoint's ``config.json``. Its ``copre_hub`` block, as ``copre-hub pretrain`` writes it,
-            may hold ``model_id``, ``repo_id`` (the repository the card is for; without it, the card is for a
-            local folder), ``method`` and ``method_display`` (its printed name), ``scenario`` (1 or 2), ``seed``,
-            ``data`` (``dataset``, ``pretrain_classes``, ``downstream_classes``), ``partition`` (``num_clients``,
-            ``scheme``, ``alpha``, ``server_fraction``), ``hyperparameters`` (``rounds``, ...), ``recipe``,
-            ``versions``, ``final_metrics`` (the last round's), ``sha256`` and ``eval_results``.
+        config: the checkpoint's ``config.json``. Its ``copre_hub`` block (a
+            :class:`~copre_hub.hub.meta.CheckpointMeta`), as ``copre-hub pretrain`` writes it, may hold
+            ``model_id``, ``repo_id`` (the repository the card is for; without it, the card is for a local
+            folder), ``method`` and ``method_display`` (its printed name), ``scenario`` (1 or 2), ``seed``, ``data``
+            (``dataset``, ``pretrain_classes``, ``downstream_classes``), ``partition`` (``num_clients``, ``scheme``,
+            ``alpha``, ``server_fraction``), ``hyperparameters`` (``rounds``, ...), ``recipe``, ``versions``,
+            ``final_metrics`` (the last round's), ``sha256`` and ``eval_results``.
         run_record: the pre-training run: ``recipe`` (nested dict), ``rounds`` (list of per-round metric dicts;
             the last one is shown), ``versions`` (package -> version). Values here win over the block.
         eval_results: downstream evaluation of this initialization, one dict or a list of dicts (one per
@@ -101,13 +103,13 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    meta = config.get("copre_hub") or {}
+    meta = CheckpointMeta.from_config(config)
     record = run_record or {}
-    evaluations = _as_list(eval_results if eval_results is not None else meta.get("eval_results"))
-    model_id = str(meta.get("model_id") or config.get("pretrained_cfg", {}).get("tag") or config["architecture"])
-    repo_id = str(meta["repo_id"]) if meta.get("repo_id") else None
-    method = str(meta.get("method") or "")
-    dataset = str((meta.get("data") or {}).get("dataset") or "")
+    evaluations = _as_list(eval_results) if eval_results is not None else [dict(e) for e in meta.eval_results]
+    model_id = str(meta.model_id or config.get("pretrained_cfg", {}).get("tag") or config["architecture"])
+    repo_id = str(meta.extra["repo_id"]) if meta.extra.get("repo_id") else None
+    method = str(meta.method or "")
+    dataset = str((meta.data or {}).get("dataset") or "")
     datasets = _unique(DATASET_IDS.get(name, name) for name in [dataset, *(e.get("dataset") for e in evaluations)])
     results = [result for evaluation in evaluations for result in _eval_results(evaluation)]
     card_data = ModelCardData(
@@ -118,10 +120,10 @@ def build_model_card(
         datasets=datasets or None,
         model_name=model_id if results else None,
         eval_results=results or None,
-        base_model=base_model(meta.get("init")),
+        base_model=base_model(meta.init),
     )
-    rounds = record.get("rounds") or ([meta["final_metrics"]] if meta.get("final_metrics") else [])
-    facts = {**meta, **{key: value for key, value in record.items() if key != "rounds"}}
+    rounds = record.get("rounds") or ([dict(meta.final_metrics)] if meta.final_metrics else [])
+    facts = {**block_of(config), **{key: value for key, value in record.items() if key != "rounds"}}
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -134,11 +136,11 @@ def build_model_card(
         registered_by_copre_hub=config["architecture"] in REGISTERED_ARCHITECTURES,
         num_classes=config.get("num_classes", "?"),
         input_size="x".join(str(size) for size in config.get("pretrained_cfg", {}).get("input_size", ())) or "?",
-        method_name=_method_name(meta) or "unknown method",
-        scenario=_display("scenario", meta.get("scenario") or ""),
+        method_name=_method_name(meta.method, meta.method_display) or "unknown method",
+        scenario=_display("scenario", meta.scenario or ""),
         dataset=_display("dataset", dataset),
-        sha256=meta.get("sha256") or "",
-        copre_hub_version=meta.get("copre_hub_version") or "?",
+        sha256=meta.sha256 or "",
+        copre_hub_version=meta.copre_hub_version or "?",
         pretraining_rows=_pretraining_rows(facts),
         recipe_rows=[
             (key, _cell(value)) for key, value in _flatten(facts.get("recipe") or {}) if value not in (None, "", [], {})
@@ -277,7 +279,7 @@ def card_for_repo(text: str, config: dict[str, Any], repo_id: str) -> str:
     card = ModelCard(text, ignore_metadata_errors=True)
     if card.data.eval_results:
         card.data.model_name = repo_id.split("/")[-1]
-    block = dict(config.get("copre_hub") or {}) | {"repo_id": repo_id}
+    block = block_of(config) | {"repo_id": repo_id}
     fresh = _HOW_TO_LOAD.search(build_model_card({**config, "copre_hub": block}, eval_results=[]).content)
     if _HOW_TO_LOAD.search(card.text) and fresh is not None:
         card.text = _HOW_TO_LOAD.sub(lambda _: fresh.group(0), card.text, count=1)
@@ -293,7 +295,7 @@ def _pretraining_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     partition = facts.get("partition") or {}
     split = {"pretrain": data.get("pretrain_classes"), "downstream": data.get("downstream_classes")}
     rows = [
-        ("Method", _method_name(facts)),
+        ("Method", _method_name(facts.get("method"), facts.get("method_display"))),
         ("Scenario", _display("scenario", facts.get("scenario"))),
         ("Dataset", _display("dataset", data.get("dataset"))),
         ("Class split", split if data.get("pretrain_classes") else None),
@@ -361,19 +363,19 @@ def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:
     ]
 
 
-def _summary(config: dict[str, Any], meta: dict[str, Any], dataset: str) -> str:
-    method = _method_name(meta) or "federated"
+def _summary(config: dict[str, Any], meta: CheckpointMeta, dataset: str) -> str:
+    method = _method_name(meta.method, meta.method_display) or "federated"
     text = f"A {method} pre-trained initialization of timm `{config['architecture']}` for federated downstream tasks"
     if dataset:
         text += f", pre-trained on {_display('dataset', dataset)}"
-    if meta.get("scenario"):
-        text += f" in {_display('scenario', meta['scenario'])}"
+    if meta.scenario:
+        text += f" in {_display('scenario', meta.scenario)}"
     return text + "."
 
 
-def _method_name(facts: dict[str, Any]) -> str:
-    """The printed name of the pre-training method: the block's ``method_display``, else the id's known name."""
-    return str(facts.get("method_display") or _display("method", facts.get("method") or ""))
+def _method_name(method: Any, display: Any) -> str:
+    """The printed name of the pre-training method: its recorded ``method_display``, else the id's known name."""
+    return str(display or _display("method", method or ""))
 
 
 def _display(key: str, value: Any) -> Any:

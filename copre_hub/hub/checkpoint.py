@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copre_hub import __version__
-from copre_hub._io import fsync
+from copre_hub._io import atomic_write_text, fsync
 from copre_hub.errors import CheckpointError, ConfigError, IntegrityError, OutputError
+from copre_hub.hub.meta import BLOCK
 
 if TYPE_CHECKING:
     import torch
@@ -104,7 +105,7 @@ def save_checkpoint(
         raise OutputError(f"cannot write checkpoint folder {folder}: {error.strerror}.") from error
     try:
         save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
-        config["copre_hub"]["sha256"] = sha256_file(staging / WEIGHTS_NAME)
+        config[BLOCK]["sha256"] = sha256_file(staging / WEIGHTS_NAME)
         if card is None:
             from copre_hub.hub.cards import build_model_card
 
@@ -189,7 +190,7 @@ def timm_config(
         config["global_pool"] = pool
     if label_names is not None:
         config["label_names"] = list(label_names)
-    config["copre_hub"] = {**meta, "sha256": None, "copre_hub_version": __version__}
+    config[BLOCK] = {**meta, "sha256": None, "copre_hub_version": __version__}
     return config
 
 
@@ -225,6 +226,43 @@ def verify_checkpoint(folder: str | Path) -> dict[str, Any]:
     return config
 
 
+def update_metadata(folder: str | Path, copre_hub_meta: dict[str, Any]) -> Path:
+    """Replace a checkpoint's ``copre_hub`` block and rebuild its card from the new config; ``model.safetensors``
+    is neither read into a model nor rewritten (its bytes and mtime stay as they are).
+
+    The folder is verified first, and the block keeps the weights' sha256 (computed now for a plain timm export).
+    ``README.md`` is replaced first and ``config.json`` last, each atomically, as :func:`save_checkpoint` does.
+
+    Args:
+        folder: a checkpoint folder of your own (not a Hub cache snapshot, whose files are links into the cache).
+        copre_hub_meta: the new block; ``sha256`` and ``copre_hub_version`` in it are ignored and filled in.
+
+    Returns:
+        ``folder`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        CheckpointError, IntegrityError: the folder is not a sound checkpoint (see :func:`verify_checkpoint`).
+        ConfigError: the block is not JSON-serialisable.
+        OutputError: the folder cannot be written.
+    """
+    from copre_hub.hub.cards import build_model_card
+
+    folder = Path(folder)
+    config = verify_checkpoint(folder)
+    sha256 = recorded_sha256(config, folder) or sha256_file(folder / WEIGHTS_NAME)
+    meta = {key: value for key, value in copre_hub_meta.items() if key not in _DERIVED_KEYS}
+    _require_json("copre_hub_meta", meta)
+    config[BLOCK] = {**meta, "sha256": sha256, "copre_hub_version": __version__}
+    config["pretrained_cfg"]["tag"] = _tag(meta)
+    try:
+        atomic_write_text(folder / CARD_NAME, build_model_card(config).content)
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        fsync(folder)
+    except OSError as error:
+        raise OutputError(f"cannot write checkpoint folder {folder}: {error.strerror or error}.") from error
+    return folder
+
+
 def check_layout(folder: Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a folder that has the checkpoint files (hashes not checked).
 
@@ -256,7 +294,7 @@ def recorded_sha256(config: dict[str, Any], folder: Path) -> str | None:
     Raises:
         CheckpointError: the block exists but records no sha256.
     """
-    block = config.get("copre_hub")
+    block = config.get(BLOCK)
     if block is None:
         return None
     recorded = block.get("sha256") if isinstance(block, dict) else None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from copre_hub.errors import CheckpointError
 from copre_hub.hub.checkpoint import CONFIG_NAME, save_checkpoint
+from copre_hub.hub.meta import block_of
 
 if TYPE_CHECKING:
     import torch
@@ -63,7 +64,7 @@ def save(
     pretrained_cfg = config["pretrained_cfg"]
     num_classes = _head_size(state, pretrained_cfg.get("classifier"), int(config["num_classes"]))
     target = _fitted_model(config, state, num_classes, source)
-    block = {key: value for key, value in config.get("copre_hub", {}).items() if key not in _NOT_INHERITED}
+    block = {key: value for key, value in block_of(config).items() if key not in _NOT_INHERITED}
     if source is not None:
         block["derived_from"] = source
     block.update(meta or {})

@@ -1,4 +1,5 @@
-"""The ``copre-hub`` command: one verb per concern, each registered by the part of the package that owns it.
+"""The ``copre-hub`` command: one module per verb group (:mod:`.train`, :mod:`.hub`, :mod:`.demo`), each adding
+its verbs to the parser built here without importing anything heavy.
 
 User mistakes surface as one line on stderr and exit status 2, never a traceback: the package's own errors, bad
 arguments (argparse's usage dump is replaced by one line pointing at ``--help``), and a closed output pipe.
@@ -7,10 +8,9 @@ arguments (argparse's usage dump is replaced by one line pointing at ``--help``)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from copre_hub import __version__
@@ -31,10 +31,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser; each area adds its verbs without importing anything heavy."""
-    from copre_hub import demo
-    from copre_hub.fl import cli as fl_cli
-    from copre_hub.hub import cli as hub_cli
+    """The full argument parser; each verb group adds its verbs without importing anything heavy."""
+    from copre_hub.cli import demo, hub, train
 
     parser = OneLineParser(
         prog="copre-hub",
@@ -42,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"copre-hub {__version__}")
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    fl_cli.register(verbs)
-    hub_cli.register(verbs)
+    train.register(verbs)
+    hub.register(verbs)
     demo.register(verbs)
     return parser
 
@@ -71,30 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-@contextlib.contextmanager
-def only_our_progress_bars() -> Iterator[None]:
-    """Turn huggingface_hub's (downloads, uploads, hf_xet) and datasets' progress bars off for the block."""
-    import datasets
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    hub_was_off, datasets_was_on = are_progress_bars_disabled(), datasets.is_progress_bar_enabled()
-    disable_progress_bars()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not hub_was_off:
-            enable_progress_bars()
-        if datasets_was_on:
-            datasets.enable_progress_bars()
-
-
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe raises nothing (Python docs,
     "Note on SIGPIPE")."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

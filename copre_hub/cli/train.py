@@ -1,14 +1,14 @@
-"""Training verbs of the ``copre-hub`` command: ``pretrain`` and ``evaluate``."""
+"""Training verbs of the ``copre-hub`` command: ``pretrain`` and ``evaluate`` (both run :mod:`copre_hub.fl`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from copre_hub.cli._options import add_data_dir, data_dir
 from copre_hub.errors import ConfigError
 
 # Flags that are shorthands for recipe keys: (flag, recipe key, type, help).
@@ -66,7 +66,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     for flag, key, kind, text in _SHORTHANDS:
         parser.add_argument(flag, dest=f"short_{key}", type=kind, metavar=kind.__name__.upper(), help=text)
-    parser.add_argument("--data-dir", type=Path, help="folder of local dataset copies (sets COPRE_HUB_DATA)")
+    add_data_dir(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run saved in the output folder")
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar or summary; still prints the checkpoint path"
@@ -76,25 +76,23 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    if args.data_dir:
-        os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
+    folder_of_copies = data_dir(args)
     raw = _recipe_data(args)
     output = args.output or Path("runs") / str(raw.get("name") or "pretrain")
-    _check_data_source(raw.get("data"))
+    _check_data_source(raw.get("data"), folder_of_copies)
     # Only now the heavy imports (torch, timm, accelerate): every check above costs a fraction of a second.
-    from accelerate import PartialState
-
-    from copre_hub.cli import only_our_progress_bars
+    from copre_hub._progress import only_our_progress_bars
+    from copre_hub.fl.distributed import is_main_process
     from copre_hub.fl.pretrain import pretrain
     from copre_hub.fl.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(raw)
     try:
         with only_our_progress_bars() if args.quiet else contextlib.nullcontext():
-            folder = pretrain(recipe, output, resume=args.resume, progress=not args.quiet)
+            folder = pretrain(recipe, output, resume=args.resume, progress=not args.quiet, data_dir=folder_of_copies)
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(_how_to_continue(output)) from None
-    if PartialState().is_main_process:  # once, not once per launched process
+        raise KeyboardInterrupt(_how_to_continue(output, folder_of_copies)) from None
+    if is_main_process():  # once, not once per launched process
         if not args.quiet:
             print(run_summary(output, folder))
         print(f"checkpoint: {folder}")
@@ -153,18 +151,18 @@ def _has(raw: dict[str, Any], key: str) -> bool:
     return True
 
 
-def _check_data_source(table: Any) -> None:
+def _check_data_source(table: Any, folder_of_copies: Path | None) -> None:
     """Refuse, before any heavy import, a local dataset source that is named but does not hold the dataset."""
     from copre_hub.fl.data import DataConfig, resolve_source
 
     table = table if isinstance(table, dict) else {}
     dataset, path = table.get("dataset", DataConfig.dataset), table.get("path")
     if isinstance(dataset, str) and isinstance(path, str | None):  # other kinds: the recipe's validation says so
-        resolve_source(DataConfig(dataset=dataset, path=path))
+        resolve_source(DataConfig(dataset=dataset, path=path), folder_of_copies)
 
 
-def _how_to_continue(output: Path) -> str:
-    """What to run after Ctrl-C, from what the run folder holds."""
+def _how_to_continue(output: Path, folder_of_copies: Path | None) -> str:
+    """What to run after Ctrl-C, from what the run folder holds (and the data folder the run read)."""
     from copre_hub.fl.pretrain import RECORD_NAME, STATE_NAME
 
     if not (output / STATE_NAME).exists():
@@ -174,17 +172,18 @@ def _how_to_continue(output: Path) -> str:
     except (OSError, ValueError):
         saved = None
     at = f"round {saved} is saved" if saved else "the last saved round is kept"
-    data_dir = f" --data-dir {os.environ['COPRE_HUB_DATA']}" if os.environ.get("COPRE_HUB_DATA") else ""
-    return f"{at} in {output}: continue with `copre-hub pretrain --resume -o {output}{data_dir}`."
+    data_flag = f" --data-dir {folder_of_copies}" if folder_of_copies else ""
+    return f"{at} in {output}: continue with `copre-hub pretrain --resume -o {output}{data_flag}`."
 
 
 def run_summary(run_dir: Path, checkpoint: Path) -> str:
     """What a finished pre-training reports: rounds, time, final loss, the weights' sha256 and what to run next."""
     from copre_hub.fl.pretrain import RECORD_NAME
     from copre_hub.hub.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+    from copre_hub.hub.meta import CheckpointMeta
 
     record = json.loads((run_dir / RECORD_NAME).read_text())
-    sha256 = (json.loads((checkpoint / CONFIG_NAME).read_text()).get("copre_hub") or {}).get("sha256")
+    sha256 = CheckpointMeta.from_config(json.loads((checkpoint / CONFIG_NAME).read_text())).sha256
     last = (record.get("rounds") or [{}])[-1]
     loss = next((f"{key} {last[key]:.4f}" for key in ("train_loss", "query_loss_mean") if key in last), "no loss")
     lines = [
@@ -249,7 +248,7 @@ def _register_evaluate(verbs: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--dataset", help="dataset (default: the first checkpoint's pre-training dataset)")
     parser.add_argument("--data-path", help="local dataset folder (Parquet shards or imagefolder)")
-    parser.add_argument("--data-dir", type=Path, help="folder of local dataset copies (sets COPRE_HUB_DATA)")
+    add_data_dir(parser)
     parser.add_argument("--arch", help="timm architecture for 'random' (default: the first checkpoint's)")
     parser.add_argument(
         "-o",
@@ -268,8 +267,7 @@ def _register_evaluate(verbs: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    if args.data_dir:
-        os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
+    folder_of_copies = data_dir(args)
     if args.data_path and not args.dataset:
         raise ConfigError("--data-path needs --dataset (its name sets the columns and class split), e.g. cifar100.")
     if args.output.exists() and not args.output.is_dir():
@@ -277,15 +275,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     for source in args.sources:
         _check_source(source)
     if args.dataset:
-        _check_data_source({"dataset": args.dataset, "path": args.data_path})
+        _check_data_source({"dataset": args.dataset, "path": args.data_path}, folder_of_copies)
     # Only now the heavy imports (torch, timm): every check above costs a fraction of a second.
     import torch
 
-    from copre_hub.cli import only_our_progress_bars
+    from copre_hub._progress import only_our_progress_bars
     from copre_hub.fl.data import DataConfig
     from copre_hub.fl.distributed import Processes
-    from copre_hub.fl.evaluate import evaluate, format_table, write_report
+    from copre_hub.fl.evaluate import evaluate
     from copre_hub.fl.pretrain import require_device
+    from copre_hub.fl.report import format_table, write_report
 
     require_device(args.device)
     data = DataConfig(dataset=args.dataset, path=args.data_path) if args.dataset else None
@@ -303,6 +302,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 processes=Processes(device=torch.device(device)),
                 progress=not args.quiet,
                 cache_dir=args.output / "cache",
+                data_dir=folder_of_copies,
             )
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
@@ -335,7 +335,8 @@ def _check_source(source: str) -> None:
 
 def _merge(report: dict) -> None:
     """Record each local checkpoint's results in its config block and card; Hub ids are only named."""
-    from copre_hub.fl.evaluate import RANDOM, card_eval_result, merge_into_checkpoint
+    from copre_hub.fl.evaluate import RANDOM
+    from copre_hub.fl.report import card_eval_result, merge_into_checkpoint
 
     for entry in report["initializations"]:
         if entry["source"] == RANDOM:
