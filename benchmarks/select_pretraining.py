@@ -73,6 +73,15 @@ def run_candidate(method: str, settings: dict[str, float], scale, args, protocol
     }
 
 
+def random_reference(scale, args, protocol, work: Path) -> dict:
+    """Random weights on the same validation tasks: the floor every candidate is read against (not a candidate)."""
+    recipe = rp.build_recipe("random", "fedavg", 1, None, scale, args.dataset, args.seed)
+    run = rp.Run("random", "random", 1, None, None)
+    entry = rp.evaluate_one(run, None, protocol, recipe.data, recipe.model.architecture, work, not args.quiet)
+    summary = entry["initializations"][0]["summary"]
+    return {"validation_accuracy": summary["mean_accuracy"], "validation_accuracy_std": summary["mean_accuracy_std"]}
+
+
 def select(rows: list[dict]) -> dict[str, dict]:
     """The rule of the module docstring: per method, the highest validation accuracy, then the lower lr."""
     best: dict[str, dict] = {}
@@ -84,8 +93,9 @@ def select(rows: list[dict]) -> dict[str, dict]:
     return best
 
 
-def markdown(rows: list[dict], best: dict[str, dict], header: str, classes: int) -> str:
-    lines = [header, "", f"chance loss: ln {classes} = {math.log(classes):.3f}", ""]
+def markdown(rows: list[dict], best: dict[str, dict], header: str, classes: int, random: dict) -> str:
+    floor = f"{random['validation_accuracy']:.2f} ± {random['validation_accuracy_std']:.2f}"
+    lines = [header, "", f"chance loss: ln {classes} = {math.log(classes):.3f}; random weights: {floor}", ""]
     lines += [
         "| candidate | last-round loss | validation accuracy | pre-train s | evaluate s |",
         "|---|---|---|---|---|",
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods
         for settings in candidates(method, args.momentum)
     ]
+    random = random_reference(scale, args, protocol, work)
     best = select(rows)
     winners = [f"--pretrain-set {m}:method.{k}={v}" for m, row in best.items() for k, v in row["settings"].items()]
     classes = rows[0]["pretrain_classes"]
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{scale.rounds}); validation tasks: seed {args.task_seed}, {args.tasks} tasks, protocol {args.protocol}; "
         "rule: highest validation accuracy per method, ties to the lower lr."
     )
-    text = markdown(rows, best, header, classes)
+    text = markdown(rows, best, header, classes, random)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "scale": args.scale,
@@ -138,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": dataclasses.asdict(protocol),
         "protocol_name": args.protocol,
         "rule": "per method: highest mean validation accuracy; ties: lower lr",
+        "random": random,
         "candidates": rows,
         "selected": {m: row["label"] for m, row in best.items()},
         "pretrain_set": winners,

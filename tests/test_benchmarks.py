@@ -198,6 +198,8 @@ def test_select_pretraining_tunes_every_method_on_validation_tasks(data_dir, tmp
     assert [c["settings"]["lr"] for c in payload["candidates"]] == list(select.LRS)
     best = max(payload["candidates"], key=lambda c: (c["validation_accuracy"], -c["settings"]["lr"]))
     assert payload["selected"] == {"fedavg": best["label"]}
+    assert 0 < payload["random"]["validation_accuracy"] < 100  # the floor on the same validation tasks
+    assert "random weights: " in (tmp_path / "select-smoke-cifar100.md").read_text()
     assert (tmp_path / "select-smoke-cifar100.args").read_text().split() == [
         "--pretrain-set",
         f"fedavg:method.lr={best['settings']['lr']}",
