@@ -198,12 +198,14 @@ def test_streamed_content_must_be_base64(api, hub_server, auth) -> None:
 
 
 def test_uploads_beyond_the_limit_get_503_and_the_abort_is_logged(tmp_path, hub_token, auth, serve_log) -> None:
-    release = threading.Event()
+    sent, release = threading.Event(), threading.Event()
     with running(tmp_path / "storage", tokens=[hub_token], max_concurrent_uploads=1) as url:
         HfApi(endpoint=url, token=hub_token).create_repo(REPO)
         commit_url = f"{url}/api/models/{REPO}/commit/main"
-        first = threading.Thread(target=_upload_then_give_up, args=(commit_url, auth, release))
+        first = threading.Thread(target=_upload_then_give_up, args=(commit_url, auth, sent, release))
         first.start()
+        assert sent.wait(10)
+        time.sleep(0.2)  # a probe arriving with the first upload could take the one slot and shut it out
         busy = _post_until(commit_url, auth, 503)  # once the first upload has started
         assert busy.headers["retry-after"] == "1" and "uploads in progress" in busy.json()["error"]
         release.set()
@@ -222,11 +224,13 @@ def _post_until(url: str, headers: dict[str, str], status: int) -> httpx.Respons
     return response
 
 
-def _upload_then_give_up(url: str, headers: dict[str, str], release: threading.Event) -> None:
-    """Start a commit upload, wait for ``release``, then drop the connection before the body ends."""
+def _upload_then_give_up(url: str, headers: dict[str, str], sent: threading.Event, release: threading.Event) -> None:
+    """Start a commit upload, set ``sent`` once its first line is out, wait for ``release``, then drop the
+    connection before the body ends."""
 
     def body() -> Iterator[bytes]:
         yield json.dumps(HEADER).encode() + b"\n"
+        sent.set()
         release.wait(30)
         raise ConnectionAbortedError("the client gives up mid-upload")
 
