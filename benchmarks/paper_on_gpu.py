@@ -253,14 +253,22 @@ def work(args: argparse.Namespace, kind: str, seed: int, label: str) -> int:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     run = next(r for r in runs_of(args, seed) if r.label == label)
     if kind == "pretrain":
-        rp.pretrain_one(run, run_dir(args, seed, label), progress=False)
+        rp.pretrain_one(run, run_dir(args, seed, label), False, data_dir=args.data_dir)
         return 0
     recipe = next(r.recipe for r in runs_of(args, seed) if r.recipe)
     device = torch.device(args.device if args.device == "cpu" or torch.cuda.is_available() else "cpu")
     processes = Processes(device=device, mixed_precision="bf16" if device.type == "cuda" else "no")
     checkpoint = checkpoint_of(args, seed, label)
     report = rp.evaluate_one(
-        run, checkpoint, protocol_of(args), recipe.data, recipe.model.architecture, args.work_dir, False, processes
+        run,
+        checkpoint,
+        protocol_of(args),
+        recipe.data,
+        recipe.model.architecture,
+        args.work_dir,
+        False,
+        processes,
+        data_dir=args.data_dir,
     )
     _io.atomic_write_json(report_path(args, seed, label), report)
     return 0
@@ -342,8 +350,6 @@ def throughput(args: argparse.Namespace, architecture: str) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.data_dir:
-        os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
     if args.job:
         kind, seed, label = args.job
         return work(args, kind, int(seed), label)
@@ -354,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = runs_of(args, args.seeds[0])
     first = next(r.recipe for r in runs if r.recipe)
     peak_record = throughput(args, first.model.architecture)
-    load_image_data(first.data)  # decode once into the tensor cache, before the workers all want it
+    load_image_data(first.data, args.data_dir)  # decode once into the tensor cache, before the workers all want it
     table_began = time.perf_counter()
     jobs = jobs_of(args)
     outcome = run_pool(args, jobs, deadline=began + (math.inf if args.budget_seconds is None else args.budget_seconds))

@@ -48,7 +48,10 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from copre_hub.fl.report_format import Report
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "training" / "recipes"
@@ -236,12 +239,17 @@ def build_recipe(
 # ---------------------------------------------------------------------------------------------------- stage 1
 
 
-def pretrain_all(runs: list[Run], work: Path, progress: bool) -> dict[str, Path]:
+def pretrain_all(runs: list[Run], work: Path, progress: bool, data_dir: Path | None = None) -> dict[str, Path]:
     """Each run's checkpoint folder: reused when finished with the same recipe, resumed when interrupted."""
-    return {run.label: pretrain_one(run, work / "pretrain" / run.label, progress) for run in runs if run.recipe}
+    return {
+        run.label: pretrain_one(run, work / "pretrain" / run.label, progress, data_dir=data_dir)
+        for run in runs
+        if run.recipe
+    }
 
 
-def pretrain_one(run: Run, out: Path, progress: bool) -> Path:
+def pretrain_one(run: Run, out: Path, progress: bool, data_dir: Path | None = None) -> Path:
+    """``run``'s checkpoint in ``out``, with data from ``data_dir`` (default: ``$COPRE_HUB_DATA``, else the Hub)."""
     from copre_hub.fl.pretrain import CHECKPOINT_DIR, RECORD_NAME, STATE_NAME, pretrain
 
     checkpoint = out / CHECKPOINT_DIR
@@ -253,20 +261,32 @@ def pretrain_one(run: Run, out: Path, progress: bool) -> Path:
         return checkpoint
     resume = (out / STATE_NAME).is_file()
     print(f"[pretrain] {run.label}: {'resuming' if resume else 'starting'} ({run.recipe.method})")
-    return pretrain(run.recipe, out, resume=resume, progress=progress)
+    return pretrain(run.recipe, out, resume=resume, progress=progress, data_dir=data_dir)
 
 
 # ---------------------------------------------------------------------------------------------------- stage 2
 
 
 def evaluate_all(
-    runs: list[Run], checkpoints: dict[str, Path], protocol, data, architecture: str, work: Path, progress: bool
+    runs: list[Run],
+    checkpoints: dict[str, Path],
+    protocol,
+    data,
+    architecture: str,
+    work: Path,
+    progress: bool,
+    data_dir: Path | None = None,
 ) -> dict:
     """One report over every initialization, each evaluated (or reloaded) on its own under the same protocol."""
     from copre_hub.fl.report import merge_reports
 
     return merge_reports(
-        [evaluate_one(run, checkpoints.get(run.label), protocol, data, architecture, work, progress) for run in runs]
+        [
+            evaluate_one(
+                run, checkpoints.get(run.label), protocol, data, architecture, work, progress, data_dir=data_dir
+            )
+            for run in runs
+        ]
     )
 
 
@@ -279,11 +299,12 @@ def evaluate_one(
     work: Path,
     progress: bool,
     processes=None,
+    data_dir: Path | None = None,
 ):
     """One initialization's report; kept in ``work/evaluate/`` and reused by a rerun with the same protocol.
 
     ``processes`` (a :class:`copre_hub.fl.distributed.Processes`) sets the device and precision; by default
-    CUDA when there is one, in float32."""
+    CUDA when there is one, in float32. ``data_dir``: as for :func:`pretrain_one`."""
     from copre_hub.fl.evaluate import evaluate
 
     print(f"[evaluate] {run.label}: {protocol.tasks} tasks x {protocol.rounds} rounds")
@@ -297,13 +318,14 @@ def evaluate_one(
         progress=progress,
         cache_dir=work / "evaluate",
         processes=processes,
+        data_dir=data_dir,
     )
 
 
 # ---------------------------------------------------------------------------------------------------- stage 3
 
 
-def paper_tables(runs: list[Run], report: dict, dataset: str) -> list[dict]:
+def paper_tables(runs: list[Run], report: Report, dataset: str) -> list[dict]:
     """Our numbers beside the paper's: each table a title, a note, a header and rows of cells.
 
     A run missing from ``report`` (not finished) keeps its row, with ``MISSING`` in our cells."""
@@ -371,25 +393,27 @@ def paper_tables(runs: list[Run], report: dict, dataset: str) -> list[dict]:
     return tables
 
 
-def paired_table(report: dict, reference: str = "fedavg") -> dict:
+def paired_table(report: Report, reference: str = "fedavg") -> dict:
     """Each initialization minus ``reference`` task by task (they faced the same tasks), with 95% intervals.
 
     A per-task difference is free of how hard each task is, which the ± over tasks of the other tables is not; with
     few tasks it is the fair way to read an ordering.
     """
-    from copre_hub.fl.metrics import paired_difference
+    from copre_hub.fl.report import paired
+    from copre_hub.fl.report_format import initialization
 
-    entries = {entry["label"]: entry for entry in report["initializations"]}
-    base = entries[reference]["tasks"]
+    reference_entry = initialization(report, reference)
+    base = reference_entry["tasks"]
     rows = []
-    for label, entry in entries.items():
-        if label == reference:
+    for entry in report["initializations"]:
+        if entry is reference_entry:
             continue
-        diffs = {m: paired_difference([t[m] for t in entry["tasks"]], [t[m] for t in base]) for m in (ACC, VAR, L10)}
+        every = paired(entry, reference_entry)
+        diffs = {m: every[m] for m in (ACC, VAR, L10)}
         n = diffs[ACC]["tasks"]
         lower_var = sum(ours[VAR] < theirs[VAR] for ours, theirs in zip(entry["tasks"], base, strict=True))
         cells = [f"{d['mean']:+.2f} ± {d['ci95']:.2f}" for d in diffs.values()]
-        rows.append([label, *cells, f"{diffs[ACC]['higher']}/{n}", f"{lower_var}/{n}"])
+        rows.append([entry["label"], *cells, f"{diffs[ACC]['higher']}/{n}", f"{lower_var}/{n}"])
     return {
         "title": f"Paired: each initialization minus {reference}, task by task",
         "note": "mean over tasks of the per-task difference ± the half-width of its 95% t interval; then the tasks "
@@ -434,8 +458,6 @@ def markdown(tables: list[dict], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.data_dir:
-        os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
     if args.threads:
         import torch
 
@@ -456,10 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     reports, initializations = [], {}
     for seed in args.seeds:
         runs = plan(scale, args.dataset, seed, tuple(args.pretrain_set))
-        checkpoints = pretrain_all(runs, work / f"seed-{seed}", progress=not args.quiet)
+        checkpoints = pretrain_all(runs, work / f"seed-{seed}", not args.quiet, data_dir=args.data_dir)
         first = next(r.recipe for r in runs if r.recipe)
         data, architecture = first.data, first.model.architecture
-        reports.append(evaluate_all(runs, checkpoints, protocol, data, architecture, work, not args.quiet))
+        reports.append(
+            evaluate_all(runs, checkpoints, protocol, data, architecture, work, not args.quiet, data_dir=args.data_dir)
+        )
         for run, entry in zip(runs, reports[-1]["initializations"], strict=True):
             record = _pretrain_record(checkpoints.get(run.label))
             initializations.setdefault(run.label, {"method": run.method, "scenario": run.scenario, "seeds": {}})
@@ -524,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def combine_seeds(reports: list[dict]) -> dict:
+def combine_seeds(reports: list[Report]) -> Report:
     """One report whose entries hold, per task, each metric averaged over the pre-training seeds.
 
     The seeds' reports share the tasks (one task seed), so the same task's clients line up and their accuracies
@@ -593,11 +617,22 @@ def run_shard(args: argparse.Namespace, scale: Scale, protocol, work: Path) -> i
         first = next(r.recipe for r in runs if r.recipe)
         for run in runs[index::count]:
             checkpoint = (
-                pretrain_one(run, work / f"seed-{seed}" / "pretrain" / run.label, not args.quiet)
+                pretrain_one(
+                    run, work / f"seed-{seed}" / "pretrain" / run.label, not args.quiet, data_dir=args.data_dir
+                )
                 if run.recipe
                 else None
             )
-            evaluate_one(run, checkpoint, protocol, first.data, first.model.architecture, work, not args.quiet)
+            evaluate_one(
+                run,
+                checkpoint,
+                protocol,
+                first.data,
+                first.model.architecture,
+                work,
+                not args.quiet,
+                data_dir=args.data_dir,
+            )
     print(f"shard {args.shard} done; rerun without --shard to write the tables")
     return 0
 

@@ -23,7 +23,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -56,8 +55,10 @@ def run_candidate(method: str, settings: dict[str, float], scale, args, protocol
     overrides = tuple(f"method.{key}={value}" for key, value in settings.items())
     recipe = rp.build_recipe(name, method, 1, gamma, scale, args.dataset, args.seed, overrides=overrides)
     run = rp.Run(name, method, 1, gamma, recipe)
-    checkpoint = rp.pretrain_one(run, work / "pretrain" / name, progress=not args.quiet)
-    entry = rp.evaluate_one(run, checkpoint, protocol, recipe.data, recipe.model.architecture, work, not args.quiet)
+    checkpoint = rp.pretrain_one(run, work / "pretrain" / name, not args.quiet, data_dir=args.data_dir)
+    entry = rp.evaluate_one(
+        run, checkpoint, protocol, recipe.data, recipe.model.architecture, work, not args.quiet, data_dir=args.data_dir
+    )
     record = rp._pretrain_record(checkpoint)
     summary = entry["initializations"][0]["summary"]
     return {
@@ -77,7 +78,9 @@ def random_reference(scale, args, protocol, work: Path) -> dict:
     """Random weights on the same validation tasks: the floor every candidate is read against (not a candidate)."""
     recipe = rp.build_recipe("random", "fedavg", 1, None, scale, args.dataset, args.seed)
     run = rp.Run("random", "random", 1, None, None)
-    entry = rp.evaluate_one(run, None, protocol, recipe.data, recipe.model.architecture, work, not args.quiet)
+    entry = rp.evaluate_one(
+        run, None, protocol, recipe.data, recipe.model.architecture, work, not args.quiet, data_dir=args.data_dir
+    )
     summary = entry["initializations"][0]["summary"]
     return {"validation_accuracy": summary["mean_accuracy"], "validation_accuracy_std": summary["mean_accuracy_std"]}
 
@@ -111,8 +114,6 @@ def markdown(rows: list[dict], best: dict[str, dict], header: str, classes: int,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.data_dir:
-        os.environ["COPRE_HUB_DATA"] = str(args.data_dir)
     from copre_hub import _io
     from copre_hub.fl.downstream import DownstreamConfig
 

@@ -16,7 +16,6 @@ The same as ``copre-hub pretrain``, ``copre-hub evaluate --merge`` and ``copre-h
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("recipe", type=Path, help="recipe TOML file (see training/recipes/)")
     parser.add_argument("repo_id", help="where to push: org/name")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--data-dir", help="folder of local dataset copies (sets COPRE_HUB_DATA)")
+    parser.add_argument("--data-dir", help="folder of local dataset copies (default: $COPRE_HUB_DATA)")
     parser.add_argument("-o", "--output", type=Path, default=Path("runs"), help="folder for the run and evaluation")
     parser.add_argument("--tasks", type=int, default=3, help="downstream tasks (the paper: 10)")
     parser.add_argument("--rounds", type=int, default=10, help="downstream FedAvg rounds (the paper: 50)")
@@ -44,15 +43,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> str:
     """Pre-train, evaluate, record, push; returns the pushed commit."""
     args = parse_args(argv)
-    if args.data_dir:
-        os.environ["COPRE_HUB_DATA"] = args.data_dir
     recipe = load_recipe(args.recipe, args.overrides)
 
-    checkpoint = pretrain(recipe, args.output / recipe.name, progress=not args.quiet)
+    checkpoint = pretrain(recipe, args.output / recipe.name, data_dir=args.data_dir, progress=not args.quiet)
     report = evaluate(
         [str(checkpoint), "random"],
         {"tasks": args.tasks, "rounds": args.rounds},
         labels=[recipe.name, "random"],
+        data_dir=args.data_dir,
         progress=not args.quiet,
     )
     results, plot = write_report(report, args.output / "evaluation")

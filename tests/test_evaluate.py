@@ -49,6 +49,25 @@ def entry(report: dict, label: str) -> dict:
     return next(e for e in report["initializations"] if e["label"] == label)
 
 
+def test_the_report_has_exactly_the_keys_of_its_types_and_survives_json(report, tmp_path) -> None:
+    from copre_hub.fl import report_format as rf
+    from copre_hub.fl.metrics import METRICS
+
+    assert list(report) == list(rf.Report.__annotations__)  # the order results.json is written in, too
+    assert set(report["data"]) == set(rf.DataRecord.__annotations__)
+    assert all(set(task) == set(rf.TaskDraw.__annotations__) for task in report["tasks"])
+    for entry in report["initializations"]:
+        assert set(entry) == set(rf.InitializationResult.__annotations__)
+        assert all(set(task) == set(rf.TaskResult.__annotations__) for task in entry["tasks"])
+        assert set(entry["summary"]) == {name for m in METRICS for name in (m, f"{m}_std")}
+        assert len(rf.pooled_accuracies(entry)) == sum(len(task["test_sizes"]) for task in report["tasks"])
+    assert rf.random_entry(report) is rf.initialization(report, "random")
+    with pytest.raises(ConfigError, match="no initialization labelled 'b'.*labels are a, random, a-again"):
+        rf.initialization(report, "b")
+    results, _ = write_report(report, tmp_path)
+    assert json.loads(results.read_text()) == report
+
+
 def test_every_initialization_faces_the_same_tasks(report) -> None:
     assert report["protocol"] == {**DownstreamConfig().__dict__, **SETTINGS}
     assert report["data"]["class_pool"] == list(range(80, 100))
@@ -275,8 +294,10 @@ def test_paired_table_differences_task_by_task() -> None:
 def test_shards_split_each_seeds_initializations_between_processes(monkeypatch, tmp_path, capsys) -> None:
     bench = load_benchmark()
     done: list[tuple[str, str | None]] = []
-    monkeypatch.setattr(bench, "pretrain_one", lambda run, out, progress: out)
-    monkeypatch.setattr(bench, "evaluate_one", lambda run, checkpoint, *rest: done.append((run.label, checkpoint)))
+    monkeypatch.setattr(bench, "pretrain_one", lambda run, out, progress, data_dir: out)
+    monkeypatch.setattr(
+        bench, "evaluate_one", lambda run, checkpoint, *rest, data_dir: done.append((run.label, checkpoint))
+    )
     labels = [run.label for run in bench.plan(bench.SCALES[("smoke", "femnist")], "femnist", 0)]
     for shard in ("0/2", "1/2"):
         argv = ["--scale", "smoke", "--dataset", "femnist", "--seeds", "0", "3", "--shard", shard]

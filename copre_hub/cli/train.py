@@ -6,10 +6,13 @@ import argparse
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from copre_hub.cli._options import add_data_dir, data_dir
 from copre_hub.errors import ConfigError
+
+if TYPE_CHECKING:
+    from copre_hub.fl.report_format import Report
 
 # Flags that are shorthands for recipe keys: (flag, recipe key, type, help).
 _SHORTHANDS = [
@@ -333,10 +336,10 @@ def _check_source(source: str) -> None:
     )
 
 
-def _merge(report: dict) -> None:
+def _merge(report: Report) -> None:
     """Record each local checkpoint's results in its config block and card; Hub ids are only named."""
-    from copre_hub.fl.evaluate import RANDOM
     from copre_hub.fl.report import card_eval_result, merge_into_checkpoint
+    from copre_hub.fl.report_format import RANDOM
 
     for entry in report["initializations"]:
         if entry["source"] == RANDOM:

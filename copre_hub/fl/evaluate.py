@@ -6,26 +6,8 @@ random weights (taken from ``architecture=`` or from the first checkpoint listed
 given the same head weights per task (:func:`copre_hub.fl.downstream.reset_head`), so only the backbone differs,
 and runs the same tasks, partitions and batch orders (all keyed by ``DownstreamConfig.seed``).
 
-The report (JSON, ``results.json``)::
-
-    {
-      "format": "copre-hub/downstream-evaluation/1",
-      "protocol": {DownstreamConfig fields: tasks, classes_per_task, class_pool, ..., seed},
-      "data": {"dataset", "source", "input_size", "pretrain_classes", "downstream_classes", "class_pool"},
-      "tasks": [{"index", "classes", "train_sizes", "test_sizes"}],          # one per task, shared by all
-      "initializations": [
-        {"label", "source", "architecture", "model_id", "sha256",           # sha256 of the weights, None if random
-         "summary": {"mean_accuracy", "mean_accuracy_std", "variance", "variance_std",
-                     "lowest_10", "lowest_10_std", "lowest_20", ..., "lowest_30_std"},   # %, %², over tasks
-         "tasks": [{"index", "client_accuracies": [% per client], "mean_accuracy", "variance",
-                    "lowest_10", "lowest_20", "lowest_30", "seconds"}],
-         "seconds"}
-      ],
-      "versions": {package: version}, "created": ISO time
-    }
-
-Metric definitions are in :mod:`copre_hub.fl.metrics`; tables, plots, card results and merges of a report are in
-:mod:`copre_hub.fl.report`.
+The report (``results.json``) is a :class:`copre_hub.fl.report_format.Report`, whose module gives its format;
+tables, plots, card results and merges of a report are in :mod:`copre_hub.fl.report`.
 """
 
 from __future__ import annotations
@@ -58,11 +40,18 @@ from copre_hub.fl.downstream import (
 from copre_hub.fl.metrics import summarize, task_metrics
 from copre_hub.fl.partition import class_split
 from copre_hub.fl.pretrain import software_versions
+from copre_hub.fl.report_format import (
+    FORMAT,
+    RANDOM,
+    DataRecord,
+    InitializationResult,
+    Report,
+    TaskDraw,
+    TaskResult,
+)
 from copre_hub.fl.seeding import derive_seed
 from copre_hub.hub.meta import CheckpointMeta
 
-RANDOM = "random"
-FORMAT = "copre-hub/downstream-evaluation/1"
 # Keys of DataConfig that describe the dataset itself (a recipe's data.path is machine-specific and left out).
 _DATA_KEYS = ("dataset", "splits", "image_column", "label_column", "writer_column")
 
@@ -232,10 +221,10 @@ def evaluate_initialization(
     tasks: Sequence[DownstreamTask],
     cfg: DownstreamConfig,
     processes: Processes,
-    on_task: Callable[[list[dict[str, Any]]], None] | None = None,
-    finished: Sequence[dict[str, Any]] = (),
+    on_task: Callable[[list[TaskResult]], None] | None = None,
+    finished: Sequence[TaskResult] = (),
     on_round: Callable[[int, dict], None] | None = None,
-) -> dict[str, Any]:
+) -> InitializationResult:
     """Run every task from ``build(task)`` and return this initialization's entry of the report.
 
     ``finished`` holds task results kept from an interrupted run (as in the entry's ``tasks``); those tasks are
@@ -243,33 +232,38 @@ def evaluate_initialization(
     each of its rounds.
     """
     done = {result["index"]: result for result in finished}
-    per_task = []
+    per_task: list[TaskResult] = []
     for task in tasks:
         if task.index in done:
             per_task.append(done[task.index])
             continue
         started = time.perf_counter()
         accuracies = run_task(build(task), task, cfg, processes, on_round)
+        metrics = task_metrics(accuracies)
         per_task.append(
-            {
-                "index": task.index,
-                "client_accuracies": accuracies,
-                **task_metrics(accuracies),
-                "seconds": time.perf_counter() - started,
-            }
+            TaskResult(
+                index=task.index,
+                client_accuracies=accuracies,
+                mean_accuracy=metrics["mean_accuracy"],
+                variance=metrics["variance"],
+                lowest_10=metrics["lowest_10"],
+                lowest_20=metrics["lowest_20"],
+                lowest_30=metrics["lowest_30"],
+                seconds=time.perf_counter() - started,
+            )
         )
         if on_task is not None:
             on_task(per_task)
-    return {
-        "label": label,
-        "source": init.source,
-        "architecture": init.architecture,
-        "model_id": init.meta.model_id,
-        "sha256": init.meta.sha256,
-        "summary": summarize(per_task),
-        "tasks": per_task,
-        "seconds": sum(result["seconds"] for result in per_task),
-    }
+    return InitializationResult(
+        label=label,
+        source=init.source,
+        architecture=init.architecture,
+        model_id=init.meta.model_id,
+        sha256=init.meta.sha256,
+        summary=summarize(per_task),
+        tasks=per_task,
+        seconds=sum(result["seconds"] for result in per_task),
+    )
 
 
 def evaluate(
@@ -283,7 +277,7 @@ def evaluate(
     progress: bool = False,
     cache_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Report:
     """Run every initialization of ``sources`` on the same downstream tasks; returns the report.
 
     Args:
@@ -302,7 +296,7 @@ def evaluate(
         data_dir: folder of local dataset copies (``--data-dir``); default: ``$COPRE_HUB_DATA``, else the Hub.
 
     Returns:
-        The report described in the module docstring.
+        The report (:class:`copre_hub.fl.report_format.Report`).
 
     Raises:
         ConfigError: no sources, labels that do not match, incompatible checkpoints, ``random`` without an
@@ -325,37 +319,35 @@ def evaluate(
     seen, unseen = split_classes(images, data, inits, cfg.seed)
     pool = class_pool(cfg, seen, unseen)
     tasks = draw_tasks(images, seen, unseen, cfg)
-    setting = {
-        "protocol": dataclasses.asdict(cfg),
-        "data": {
-            "dataset": data.dataset,
-            "source": portable_source(images.source, data_dir),
-            "input_size": list(images.input_size),
-            "pretrain_classes": list(seen),
-            "downstream_classes": list(unseen),
-            "class_pool": list(pool),
-        },
-        "tasks": [
-            {
-                "index": task.index,
-                "classes": list(task.classes),
-                "train_sizes": task.data.client_sizes,
-                "test_sizes": [int(t.numel()) for t in task.test],
-            }
-            for task in tasks
-        ],
-    }
-    cache = TaskCache(Path(cache_dir), setting) if cache_dir is not None else None
+    protocol = dataclasses.asdict(cfg)
+    record = DataRecord(
+        dataset=data.dataset,
+        source=portable_source(images.source, data_dir),
+        input_size=list(images.input_size),
+        pretrain_classes=list(seen),
+        downstream_classes=list(unseen),
+        class_pool=list(pool),
+    )
+    draws = [
+        TaskDraw(
+            index=task.index,
+            classes=list(task.classes),
+            train_sizes=task.data.client_sizes,
+            test_sizes=[int(t.numel()) for t in task.test],
+        )
+        for task in tasks
+    ]
+    cache = TaskCache(Path(cache_dir), protocol, record, draws) if cache_dir is not None else None
     processes = processes or Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     bar = _progress_bar(len(inits) * len(tasks) * cfg.rounds, enabled=progress)
-    entries = []
+    entries: list[InitializationResult] = []
     try:
         for label, init in zip(labels, inits, strict=True):
             finished = cache.finished(init) if cache is not None else []
             bar.set_description(f"downstream {label}")
             bar.update(len(finished) * cfg.rounds)
 
-            def on_task(per_task: list[dict[str, Any]], init: Initialization = init) -> None:
+            def on_task(per_task: list[TaskResult], init: Initialization = init) -> None:
                 if cache is not None:
                     cache.save(init, per_task)
 
@@ -367,13 +359,15 @@ def evaluate(
             )
     finally:
         bar.close()
-    return {
-        "format": FORMAT,
-        **setting,
-        "initializations": entries,
-        "versions": software_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return Report(
+        format=FORMAT,
+        protocol=protocol,
+        data=record,
+        tasks=draws,
+        initializations=entries,
+        versions=software_versions(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
 
 
 class TaskCache:
@@ -387,13 +381,13 @@ class TaskCache:
     cached.
     """
 
-    def __init__(self, folder: Path, setting: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, protocol: dict[str, Any], data: DataRecord, tasks: Sequence[TaskDraw]) -> None:
         self.folder = folder
-        protocol = {key: value for key, value in setting["protocol"].items() if key != "tasks"}
-        self.setting = _digest({"protocol": protocol, "data": setting["data"]})
-        self.specs = {spec["index"]: spec for spec in setting["tasks"]}
+        protocol = {key: value for key, value in protocol.items() if key != "tasks"}
+        self.setting = _digest({"protocol": protocol, "data": data})
+        self.specs = {spec["index"]: spec for spec in tasks}
 
-    def finished(self, init: Initialization) -> list[dict[str, Any]]:
+    def finished(self, init: Initialization) -> list[TaskResult]:
         """The task results of ``init`` saved for tasks of this setting (empty when none or unreadable)."""
         path = self._path(init)
         if path is None or not path.is_file():
@@ -405,7 +399,7 @@ class TaskCache:
         except (OSError, ValueError, KeyError, TypeError):
             return []  # unreadable: run the tasks again and overwrite it
 
-    def save(self, init: Initialization, tasks: list[dict[str, Any]]) -> None:
+    def save(self, init: Initialization, tasks: list[TaskResult]) -> None:
         """Save (atomically) the task results of ``init``, with those of other tasks saved before, when it has an
         identity to key them by."""
         path = self._path(init)

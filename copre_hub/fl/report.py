@@ -1,7 +1,7 @@
 """What a downstream comparison's report becomes: the text table, the per-client accuracy plot, ``results.json``,
 a checkpoint card's results, and merges (of reports, and of results into a checkpoint).
 
-The report itself is made by :func:`copre_hub.fl.evaluate.evaluate`, whose module docstring gives its format.
+The report itself (:class:`copre_hub.fl.report_format.Report`) is made by :func:`copre_hub.fl.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 
 from copre_hub import _io
 from copre_hub.errors import ConfigError
-from copre_hub.fl.evaluate import RANDOM, unique_labels
+from copre_hub.fl.evaluate import unique_labels
 from copre_hub.fl.metrics import LOWEST
+from copre_hub.fl.report_format import InitializationResult, Report, initialization, pooled_accuracies, random_entry
 from copre_hub.hub.cards import int_ranges
 from copre_hub.hub.meta import CheckpointMeta, block_of
 
@@ -21,7 +22,7 @@ REPORT_NAME = "results.json"
 PLOT_NAME = "client_accuracies.png"
 
 
-def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def merge_reports(reports: Sequence[Report]) -> Report:
     """One report holding the initializations of several, which must share the protocol, data and tasks.
 
     Evaluating initializations one call at a time (to save each result as it finishes) and merging gives the
@@ -39,10 +40,11 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 raise ConfigError(f"cannot merge evaluations with different {key}; rerun them with the same settings.")
     entries = [entry for report in reports for entry in report["initializations"]]
     labels = unique_labels([entry["label"] for entry in entries], len(entries))
-    return {**first, "initializations": [{**e, "label": lab} for e, lab in zip(entries, labels, strict=True)]}
+    renamed = [InitializationResult(**{**e, "label": lab}) for e, lab in zip(entries, labels, strict=True)]
+    return Report(**{**first, "initializations": renamed})
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_table(report: Report) -> str:
     """The comparison as text, the one format of ``copre-hub evaluate`` and the demo.
 
     One row per initialization (mean ± std over tasks; no std with one task), then, when ``random`` weights are in
@@ -62,7 +64,7 @@ def format_table(report: dict[str, Any]) -> str:
         "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
         for row in rows
     ]
-    baseline = next((entry for entry in entries if entry["source"] == RANDOM), None)
+    baseline = random_entry(report)
     if baseline is not None:
         lines += [_difference(entry, baseline) for entry in entries if entry is not baseline]
     spread = f"mean ± std over {tasks} tasks" if tasks > 1 else "1 task"
@@ -76,7 +78,7 @@ def format_table(report: dict[str, Any]) -> str:
 _LOWEST_COLUMNS = [(f"lowest_{k}", f"lowest {k}% (%)") for k in LOWEST]
 
 
-def _difference(entry: dict[str, Any], baseline: dict[str, Any]) -> str:
+def _difference(entry: InitializationResult, baseline: InitializationResult) -> str:
     ours, theirs = entry["summary"], baseline["summary"]
     return (
         f"{entry['label']} vs {baseline['label']}: "
@@ -86,14 +88,14 @@ def _difference(entry: dict[str, Any], baseline: dict[str, Any]) -> str:
     )
 
 
-def write_report(report: dict[str, Any], folder: str | Path) -> tuple[Path, Path]:
+def write_report(report: Report, folder: str | Path) -> tuple[Path, Path]:
     """Write ``results.json`` and ``client_accuracies.png`` into ``folder`` (atomically); returns both paths."""
     folder = Path(folder)
     json_path = _io.atomic_write_json(folder / REPORT_NAME, report)
     return json_path, plot_client_accuracies(report, folder / PLOT_NAME)
 
 
-def plot_client_accuracies(report: dict[str, Any], path: str | Path) -> Path:
+def plot_client_accuracies(report: Report, path: str | Path) -> Path:
     """Histogram of per-client test accuracy (all tasks pooled), one panel per initialization (Figure 2 style)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -104,9 +106,10 @@ def plot_client_accuracies(report: dict[str, Any], path: str | Path) -> Path:
     axes = figure.subplots(len(entries), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
     bins = list(range(0, 105, 5))
     for ax, entry, colour in zip(axes, entries, _colours(len(entries)), strict=True):
-        accuracies = [a for task in entry["tasks"] for a in task["client_accuracies"]]
         summary = entry["summary"]
-        ax.hist(accuracies, bins=bins, color=colour, alpha=0.8, edgecolor="white", label="clients per 5% bin")
+        ax.hist(
+            pooled_accuracies(entry), bins=bins, color=colour, alpha=0.8, edgecolor="white", label="clients per 5% bin"
+        )
         ax.axvline(summary["mean_accuracy"], color="black", linestyle="--", linewidth=1, label="mean accuracy")
         ax.axvline(summary["lowest_10"], color="black", linestyle=":", linewidth=1, label="lowest 10% (mean)")
         ax.set_title(
@@ -129,7 +132,7 @@ def plot_client_accuracies(report: dict[str, Any], path: str | Path) -> Path:
     return _io.atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
 
 
-def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
+def card_eval_result(report: Report, label: str) -> dict[str, Any]:
     """One initialization's results in the shape :func:`copre_hub.hub.cards.build_model_card` documents.
 
     ``client_accuracies`` pools every task's clients. ``protocol`` (the full downstream settings) is kept too,
@@ -140,10 +143,7 @@ def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
     Raises:
         ConfigError: no initialization has that label.
     """
-    entry = next((e for e in report["initializations"] if e["label"] == label), None)
-    if entry is None:
-        known = ", ".join(e["label"] for e in report["initializations"])
-        raise ConfigError(f"no initialization labelled {label!r} in the report; labels are {known}.")
+    entry = initialization(report, label)
     protocol = report["protocol"]
     summary = entry["summary"]
     return {
@@ -154,7 +154,7 @@ def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
         "clients": protocol["clients"],
         "rounds": protocol["rounds"],
         **{key: summary[key] for key in sorted(summary)},
-        "client_accuracies": [a for task in entry["tasks"] for a in task["client_accuracies"]],
+        "client_accuracies": pooled_accuracies(entry),
         "protocol": protocol,
         "baselines": [
             {"label": other["label"], **other["summary"], "paired": paired(entry, other)}
@@ -164,7 +164,7 @@ def card_eval_result(report: dict[str, Any], label: str) -> dict[str, Any]:
     }
 
 
-def paired(entry: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[str, float]]:
+def paired(entry: InitializationResult, other: InitializationResult) -> dict[str, dict[str, float]]:
     """``entry`` minus ``other`` task by task, per metric (:func:`copre_hub.fl.metrics.paired_difference`)."""
     from copre_hub.fl.metrics import METRICS, paired_difference
 
