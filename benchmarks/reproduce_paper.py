@@ -511,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         paired_table(report),
         *([paired_table(report, "centralized")] if args.scale == "paper" else []),
         pretraining_table(initializations, len(report["data"]["pretrain_classes"])),
+        *([seed_table(initializations)] if len(args.seeds) > 1 else []),
     ]
     header = (
         f"## {name}\n\nScale {args.scale}: {dataclasses.asdict(scale)}\n\nPre-training seeds: {args.seeds} "
@@ -585,6 +586,31 @@ def _pretrain_record(checkpoint: Path | None) -> dict:
     return {
         "seconds": sum(r.get("seconds", 0.0) for r in rounds),
         "final_train_loss": rounds[-1].get("train_loss") if rounds else None,
+    }
+
+
+def seed_table(initializations: dict, reference: str = "fedavg") -> dict:
+    """Each initialization's mean accuracy per pre-training seed, and its difference from ``reference`` seed by
+    seed (both faced the same tasks), with a 95% interval over the seeds: how much of a gap the seed can move."""
+    from copre_hub.fl.metrics import paired_difference
+
+    seeds = list(initializations[reference]["seeds"])
+    theirs = [initializations[reference]["seeds"][s]["summary"][ACC] for s in seeds]
+    rows = []
+    for label, entry in initializations.items():
+        ours = [entry["seeds"][s]["summary"][ACC] for s in seeds]
+        cells = [f"{value:.2f}" for value in ours]
+        if label == reference:
+            rows.append([label, *cells, "—", "—"])
+            continue
+        diff = paired_difference(ours, theirs)
+        rows.append([label, *cells, f"{diff['mean']:+.2f} ± {diff['ci95']:.2f}", f"{diff['higher']}/{len(seeds)}"])
+    return {
+        "title": f"Seeds: mean accuracy per pre-training seed, and each initialization minus {reference} seed by seed",
+        "note": "the difference's mean over seeds ± the half-width of its 95% t interval over seeds; then the seeds "
+        "where it has the higher accuracy (random weights depend on the task seed only, so they repeat)",
+        "header": ["pre-training", *(f"Acc seed {s}" for s in seeds), f"ΔAcc vs {reference}", "higher"],
+        "rows": rows,
     }
 
 

@@ -62,7 +62,7 @@ def test_the_report_has_exactly_the_keys_of_its_types_and_survives_json(report, 
         assert set(entry["summary"]) == {name for m in METRICS for name in (m, f"{m}_std")}
         assert len(rf.pooled_accuracies(entry)) == sum(len(task["test_sizes"]) for task in report["tasks"])
     assert rf.random_entry(report) is rf.initialization(report, "random")
-    with pytest.raises(ConfigError, match="no initialization labelled 'b'.*labels are a, random, a-again"):
+    with pytest.raises(ConfigError, match=r"no initialization labelled 'b'.*labels are a, random, a-again"):
         rf.initialization(report, "b")
     results, _ = write_report(report, tmp_path)
     assert json.loads(results.read_text()) == report
@@ -275,6 +275,19 @@ def test_seeds_are_averaged_task_by_task() -> None:
     task = combined["initializations"][0]["tasks"][0]
     assert task["client_accuracies"] == [55.0, 65.0] and task["mean_accuracy"] == 60.0
     assert task["variance"] == 50.0  # the mean of the seeds' variances (100 and 0)
+
+
+def test_seed_table_differences_seed_by_seed() -> None:
+    def init(accuracies: list[float]) -> dict:
+        return {"seeds": {str(s): {"summary": {"mean_accuracy": a}} for s, a in enumerate(accuracies)}}
+
+    table = load_benchmark().seed_table({"fedavg": init([80, 82]), "coprefl": init([81, 82.5])})
+    # differences 1 and 0.5 (sample std 0.354): 95% t interval with 1 degree of freedom (t = 12.706)
+    assert table["header"] == ["pre-training", "Acc seed 0", "Acc seed 1", "ΔAcc vs fedavg", "higher"]
+    assert table["rows"] == [
+        ["fedavg", "80.00", "82.00", "—", "—"],
+        ["coprefl", "81.00", "82.50", "+0.75 ± 3.18", "2/2"],
+    ]
 
 
 def test_paired_table_differences_task_by_task() -> None:
