@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,9 @@ def test_cards_written_before_the_markers_are_retargeted_too() -> None:
     pushed = card_for_repo(published, CONFIG, "lab/copy")
     assert "copre-hub/copreFL-resnet18-cifar100" not in pushed
     assert pushed.count('copre_hub.load("lab/copy"') == 3 and '"hf-hub:lab/copy"' in pushed
+
+
+def test_committed_reports_record_no_machine_paths() -> None:
+    reports = sorted((REPO / "model_cards").glob("*/evaluation.json"))
+    sources = {path.parent.name: json.loads(path.read_text())["data"]["source"] for path in reports}
+    assert sources and all(not Path(source).is_absolute() for source in sources.values()), sources
