@@ -246,3 +246,17 @@ def test_small_clients_compares_the_in_place_loop_and_times_fixed_costs(tmp_path
     assert set(record["fixed_costs_ms_per_client"]) == {"restore", "accumulate", "draws", "batch gather + normalise"}
     assert record["first_round_max_weight_difference_p2_vs_engine"] < 1e-5  # P2 computes the engine's FedAvg
     assert [t["name"] for t in record["targets"]] == ["E over P2 (speed)", "C over E (efficiency)"]
+
+
+def test_cpu_options_times_each_option_and_pairs_bf16_with_fp32_on_the_smoke_recipe(tmp_path: Path, data_dir) -> None:
+    args = ["--clients", "4", "--participants", "2", "--client-size", "40", "--repeats", "2"]
+    options = ["--options", "fp32 eager", "bf16 + channels_last", "--data-dir", str(data_dir), "--tasks", "2"]
+    record = run("cpu_options", tmp_path, *TINY_MODEL, *args, *options, "--rounds", "1")
+    assert [len(r["runs"]) for r in record["seconds_per_round"].values()] == [2, 2]
+    assert record["recipe_round_scale"] == 50  # 20 participants / 2, x 5 epochs
+    assert [t["name"] for t in record["targets"]] == ["bf16 + channels_last over fp32 eager (speed)"]
+    checked = record["accuracy"]
+    assert len(checked["per_task"]["no"]) == len(checked["per_task"]["bf16"]) == 2
+    assert checked["bf16_minus_fp32"]["mean"] == pytest.approx(
+        sum(checked["per_task"]["bf16"]) / 2 - sum(checked["per_task"]["no"]) / 2
+    )
