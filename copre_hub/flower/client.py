@@ -156,7 +156,10 @@ def pretraining_client_app(load_data: LoadData) -> ClientApp:
                 "start_loss": result.start_loss,
             }
         )
-        return Message(RecordDict({ARRAYS: state_arrays(sim.model), METRICS: metrics}), reply_to=msg)
+        reply = RecordDict({ARRAYS: state_arrays(sim.model), METRICS: metrics})
+        if job.method.sends_gradient:
+            reply[GRADIENT] = vector_arrays(sim.flat.grad)
+        return Message(reply, reply_to=msg)
 
     @app.query("meta_gradient")
     def meta_gradient(msg: Message, context: Context) -> Message:

@@ -5,7 +5,9 @@ Three exchanges, each a Flower message type:
 * ``query.identify``: once, before the first round; each node answers with its ``partition-id`` (the client id
   that keys the engine's seeded draws), so the server can send participant ``c``'s work to the node holding ``c``;
 * ``train``: ``arrays`` (the round's start) and ``config`` (the :class:`Job`); the reply carries the trained
-  ``arrays`` and ``metrics`` (``num-examples``: the aggregation weight, ``train_loss``, ``start_loss``);
+  ``arrays`` and ``metrics`` (``num-examples``: the aggregation weight, ``train_loss``, ``start_loss``), and
+  ``gradient`` too when the method's aggregation reads the client's gradient (``Method.sends_gradient``: FedMeta's
+  meta-gradient at the adapted weights);
 * ``query.meta_gradient``: ``arrays`` (the temporary model Φ̄) and ``config``; the reply carries ``gradient``
   (one flat ``grad`` array: ∇L_Q(Φ̄) over the parameters) and ``metrics`` (``query_loss``).
 """

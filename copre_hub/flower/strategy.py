@@ -150,6 +150,8 @@ class PreTraining(FedAvg):
         for client in self._participants:  # participant order, as the engine sums
             content = by_client[client].content
             load_arrays_(self.sim.model, content[ARRAYS])
+            if self.method.sends_gradient:
+                self.sim.flat.grad.copy_(arrays_vector(content[GRADIENT]))
             reported = content[METRICS]
             result = ClientResult(
                 weight=float(reported["num-examples"]),

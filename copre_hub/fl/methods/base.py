@@ -109,6 +109,12 @@ class Method:
         """Whether clients split their data into support and query sets."""
         return False
 
+    @property
+    def sends_gradient(self) -> bool:
+        """Whether :meth:`accumulate` reads the client's gradient in ``sim.flat.grad`` besides its weights (a
+        federation must then carry that gradient from client to server with the weights)."""
+        return False
+
     def hyperparameters(self) -> dict:
         """The method's settings as plain data (for run records and model cards)."""
         return {"name": self.name, **dataclasses.asdict(self)}

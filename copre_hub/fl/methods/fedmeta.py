@@ -45,6 +45,10 @@ class FedMeta(Method):
     def uses_query(self) -> bool:
         return True
 
+    @property
+    def sends_gradient(self) -> bool:
+        return True  # the meta-gradient at the adapted weights
+
     def extra_sums(self, sim: Simulation) -> dict[str, int]:
         return {"meta_grad": sim.flat.num_params}
 
