@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
@@ -164,6 +165,18 @@ def seconds(fn: Callable[[], object], device: torch.device | str = "cpu") -> flo
     fn()
     _sync(device)
     return time.perf_counter() - began
+
+
+def interleaved(runs: dict[str, Callable[[int], object]], repeats: int, first: int = 0) -> dict[str, list[float]]:
+    """Seconds of each run, ``repeats`` times, in an order that rotates each repetition, so that drift in the
+    machine's speed falls on every run alike; repetition ``r`` calls each run with ``first + r`` (its round)."""
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(seconds(functools.partial(runs[name], first + rep)))
+    return times
 
 
 def _sync(device: torch.device | str) -> None:

@@ -25,6 +25,7 @@ mean accuracy over tasks, with its 95% interval.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
@@ -36,6 +37,7 @@ from _common import (
     REPO,
     common_args,
     create_model,
+    interleaved,
     print_table,
     print_targets,
     seconds,
@@ -81,12 +83,8 @@ def speed(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, f
     method = create_method("fedavg", participants=args.participants, local_epochs=1, batch_size=args.batch_size)
     sims = {option: build(option, args.arch, data, args.seed) for option in args.options}
     first = {option: seconds(lambda sim=sim: method.round(sim, args.seed, 0)) for option, sim in sims.items()}
-    times: dict[str, list[float]] = {option: [] for option in sims}
-    names = list(sims)
-    for rep in range(args.repeats):
-        for option in names[rep % len(names) :] + names[: rep % len(names)]:
-            times[option].append(seconds(lambda sim=sims[option], t=rep + 1: method.round(sim, args.seed, t)))
-    return times, first
+    runs = {option: functools.partial(method.round, sim, args.seed) for option, sim in sims.items()}
+    return interleaved(runs, args.repeats, first=1), first
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, object]:

@@ -29,6 +29,7 @@ from _common import (
     centralized_sgd,
     common_args,
     create_model,
+    interleaved,
     normalizer,
     print_table,
     print_targets,
@@ -141,12 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for fn in loops.values():
         fn(1)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in loops}
-    names = list(loops)
-    for rep in range(args.repeats):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
-            times[name].append(seconds(lambda name=name, t=rep + 2: loops[name](t)))
+    times = interleaved(loops, args.repeats, first=2)
     medians = {name: statistics.median(values) for name, values in times.items()}
     costs = fixed_costs(sim, method, args.seed, args.cost_repeats)
     per_client_ms = 1e3 * medians["E"] / args.participants
