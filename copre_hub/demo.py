@@ -5,7 +5,11 @@
 3. push the checkpoint folder (weights, timm config, model card) to that endpoint;
 4. load it back with ``copre_hub.load`` and check that the weights are the ones pushed;
 5. run one downstream FedAvg task from random weights and from the CoPreFL weights (same task, partition, head and
-   batch order) and print the comparison: mean accuracy, variance and lowest 10% of client accuracies.
+   batch order) and print the comparison: mean accuracy, variance and lowest 10% of client accuracies;
+6. run one task of the paper's FEMNIST protocol from random weights and from the published
+   ``copreFL-femnistcnn-femnist`` (resolved as ``copre_hub.load`` resolves a published id, checked against its
+   pinned sha256), so the user also sees what a real initialization does; skipped, with a line saying why, where
+   this install has no copy of it or there is no FEMNIST data.
 
 The endpoint is stopped at the end. Everything lands in the output folder (default ``./copre-hub-demo``)::
 
@@ -13,10 +17,11 @@ The endpoint is stopped at the end. Everything lands in the output folder (defau
     hub/                    the endpoint's storage: `copre-hub serve --storage copre-hub-demo/hub` serves it again
     results.json            the downstream comparison (format of `copre-hub evaluate`)
     client_accuracies.png   per-client test accuracy, one panel per initialization
+    published/              the same two files for the published initialization's task (step 6)
 
-CIFAR-100 is read from ``<data folder>/cifar100`` when there is a data folder (``data_dir``, i.e. ``--data-dir``,
-else ``$COPRE_HUB_DATA``), else from the Hub. The Hub
-cache used for the pull is a temporary folder, so the user's own cache is never touched. The only progress bars are
+CIFAR-100 (FEMNIST for step 6) is read from ``<data folder>/cifar100`` (``femnist``) when there is a data folder
+(``data_dir``, i.e. ``--data-dir``, else ``$COPRE_HUB_DATA``), else from the Hub. The Hub cache used for the pull is
+a temporary folder, so the user's own cache is never touched. The only progress bars are
 copre-hub's own (pre-training rounds, downstream rounds): those of huggingface_hub and datasets are off meanwhile.
 """
 
@@ -39,6 +44,9 @@ DEFAULT_OUTPUT = Path("copre-hub-demo")
 DEMO_ORG = "demo"
 RANDOM_LABEL = "random init"
 COPREFL_LABEL = "CoPreFL init"
+PUBLISHED_ID = "copreFL-femnistcnn-femnist"  # a published id with weights; its dataset is step 6's
+PUBLISHED_LABEL = f"published {PUBLISHED_ID}"
+PUBLISHED_DATASET = "femnist"
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,20 @@ class DemoSettings:
             seed=self.seed,
         )
 
+    def published_downstream(self) -> DownstreamConfig:
+        """One task of the paper's protocol on the published initialization's dataset, at this size's counts."""
+        from copre_hub.fl.downstream import DownstreamConfig
+
+        return DownstreamConfig.for_dataset(
+            PUBLISHED_DATASET,
+            tasks=1,
+            clients=self.downstream_clients,
+            rounds=self.downstream_rounds,
+            local_steps=self.local_steps,
+            algorithm="fedavg",
+            seed=self.seed,
+        )
+
 
 SIZES: Mapping[str, DemoSettings] = {
     "default": DemoSettings(),
@@ -152,6 +174,7 @@ class DemoResult:
         report: the downstream comparison (format: :mod:`copre_hub.fl.evaluate`).
         results: the report as JSON.
         plot: the per-client accuracy plot.
+        published: step 6's comparison (same format; its files in ``published/``), or None when it was skipped.
     """
 
     endpoint: str
@@ -163,6 +186,7 @@ class DemoResult:
     report: dict[str, Any]
     results: Path
     plot: Path
+    published: dict[str, Any] | None
 
 
 def run_demo(
@@ -193,16 +217,20 @@ def run_demo(
     repo_id = f"{DEMO_ORG}/{settings.name}"
     storage = output / "hub"
     with local_hub(storage) as endpoint, only_our_progress_bars():
-        say(f"[1/5] local Hub endpoint {endpoint} (storage {storage}; stopped at the end)")
+        say(f"[1/6] local Hub endpoint {endpoint} (storage {storage}; stopped at the end)")
         checkpoint = pretrain_initialization(settings, output / "runs" / settings.name, progress, data_dir)
         commit = publish(checkpoint, repo_id)
         weights_match = reload_matches(repo_id, checkpoint)
         report = compare(repo_id, settings, progress, data_dir)
+        published = compare_published(settings, progress, data_dir)
     results, plot = write_report(report, output)
     say("\n" + format_table(report))
+    if published is not None:
+        write_report(published, output / "published")
+        say(f"\nThe published initialization, on one task of the paper's FEMNIST protocol:\n{format_table(published)}")
     say(f"\nresults: {results}\nplot: {plot}\ncheckpoint: {checkpoint}")
     say(f"pushed as {repo_id}; serve it again with: copre-hub serve --storage {storage}")
-    return DemoResult(endpoint, storage, repo_id, commit, checkpoint, weights_match, report, results, plot)
+    return DemoResult(endpoint, storage, repo_id, commit, checkpoint, weights_match, report, results, plot, published)
 
 
 def check_output_folder(output: Path) -> None:
@@ -267,7 +295,7 @@ def pretrain_initialization(settings: DemoSettings, run_dir: Path, progress: boo
     recipe = settings.recipe()
     method = recipe.method
     say(
-        f"[2/5] pre-training {recipe.name}: CoPreFL on CIFAR-100 ({resolve_source(recipe.data, data_dir)}), "
+        f"[2/6] pre-training {recipe.name}: CoPreFL on CIFAR-100 ({resolve_source(recipe.data, data_dir)}), "
         f"{method['rounds']} rounds x {method['participants']} of {recipe.partition.num_clients} clients"
     )
     resume = (run_dir / STATE_NAME).exists()
@@ -281,7 +309,7 @@ def publish(checkpoint: Path, repo_id: str) -> str:
     import copre_hub
 
     commit = copre_hub.push(checkpoint, repo_id, commit_message=f"Upload {repo_id} from copre-hub demo")
-    say(f"[3/5] pushed {repo_id} with its model card: commit {commit.oid[:12]}")
+    say(f"[3/6] pushed {repo_id} with its model card: commit {commit.oid[:12]}")
     return commit.oid
 
 
@@ -297,7 +325,7 @@ def reload_matches(repo_id: str, checkpoint: Path) -> bool:
     pushed = load_file(checkpoint / WEIGHTS_NAME)
     match = loaded.keys() == pushed.keys() and all(torch.equal(loaded[k], pushed[k]) for k in pushed)
     verdict = "identical to" if match else "DIFFERENT from"
-    say(f"[4/5] copre_hub.load({repo_id!r}): {len(pushed)} tensors, {verdict} the pushed checkpoint")
+    say(f"[4/6] copre_hub.load({repo_id!r}): {len(pushed)} tensors, {verdict} the pushed checkpoint")
     return match
 
 
@@ -308,11 +336,35 @@ def compare(repo_id: str, settings: DemoSettings, progress: bool, data_dir: Path
 
     cfg = settings.downstream()
     say(
-        f"[5/5] downstream FedAvg on {cfg.classes_per_task} unseen classes: {cfg.clients} clients, "
+        f"[5/6] downstream FedAvg on {cfg.classes_per_task} unseen classes: {cfg.clients} clients, "
         f"{cfg.rounds} rounds x {cfg.local_steps} local steps, from random init and from CoPreFL init"
     )
     return evaluate(
         ["random", repo_id], cfg, labels=[RANDOM_LABEL, COPREFL_LABEL], progress=progress, data_dir=data_dir
+    )
+
+
+def compare_published(settings: DemoSettings, progress: bool, data_dir: Path | None) -> dict[str, Any] | None:
+    """One task of the paper's FEMNIST protocol from random weights and from the published :data:`PUBLISHED_ID`, on
+    identical draws; the report, or None (with a line saying why) when the initialization or the data is missing."""
+    import copre_hub
+    from copre_hub.errors import DatasetNotFoundError, ModelNotFoundError
+    from copre_hub.fl.data import DataConfig, resolve_source
+    from copre_hub.fl.evaluate import evaluate
+
+    cfg = settings.published_downstream()
+    try:
+        source = resolve_source(DataConfig(dataset=PUBLISHED_DATASET), data_dir)
+        where = copre_hub.info(PUBLISHED_ID).source  # resolves the id and checks its pinned sha256
+    except (DatasetNotFoundError, ModelNotFoundError) as error:
+        say(f"[6/6] skipped the published {PUBLISHED_ID}: {error}")
+        return None
+    say(
+        f"[6/6] downstream FedAvg on FEMNIST's unseen digits ({source}) from the published {PUBLISHED_ID} (from the "
+        f"{where}) and from random init: {cfg.clients} writers, {cfg.rounds} rounds x {cfg.local_steps} local steps"
+    )
+    return evaluate(
+        ["random", PUBLISHED_ID], cfg, labels=[RANDOM_LABEL, PUBLISHED_LABEL], progress=progress, data_dir=data_dir
     )
 
 

@@ -13,7 +13,16 @@ from safetensors.torch import load_file
 
 import copre_hub
 from copre_hub.cli import build_parser
-from copre_hub.demo import COPREFL_LABEL, RANDOM_LABEL, SIZES, DemoResult, run_demo
+from copre_hub.demo import (
+    COPREFL_LABEL,
+    PUBLISHED_ID,
+    PUBLISHED_LABEL,
+    RANDOM_LABEL,
+    SIZES,
+    DemoResult,
+    compare_published,
+    run_demo,
+)
 from copre_hub.hub.serve.server import running
 
 HUB_VARIABLES = ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE")
@@ -71,6 +80,28 @@ def test_the_comparison_has_both_initializations_on_one_task(demo) -> None:
         assert 0.0 <= summary["lowest_10"] <= summary["mean_accuracy"] <= 100.0
         assert summary["variance"] >= 0.0
     assert result.results.is_file() and result.plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_published_initialization_runs_the_femnist_protocol(demo) -> None:
+    result, _ = demo
+    report = result.published
+    assert report is not None, "step 6 was skipped in a checkout with the FEMNIST data"
+    assert [entry["label"] for entry in report["initializations"]] == [RANDOM_LABEL, PUBLISHED_LABEL]
+    assert report["data"]["dataset"] == "femnist" and report["data"]["class_pool"] == list(range(10))
+    [published] = [entry for entry in report["initializations"] if entry["label"] == PUBLISHED_LABEL]
+    assert published["sha256"] == copre_hub.info(PUBLISHED_ID).sha256
+    assert (result.results.parent / "published" / "results.json").is_file()
+
+
+def test_without_a_copy_of_the_published_id_step_6_says_why(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COPRE_HUB_SNAPSHOTS", str(tmp_path / "no-snapshots"))  # as a wheel install without them
+    from conftest import DATA_DIR
+
+    assert compare_published(SIZES["tiny"], progress=False, data_dir=DATA_DIR) is None
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"[6/6] skipped the published {PUBLISHED_ID}: ") and "no snapshot" in line
 
 
 def test_the_demo_verb_takes_the_size_and_the_data_folder() -> None:

@@ -146,25 +146,27 @@ def test_cards_of_architectures_copre_hub_registers_say_to_import_it() -> None:
     assert "With plain timm" in plain and "copre_hub.fl.models" not in plain
 
 
-def test_registered_architectures_are_the_ones_plain_timm_lacks_and_no_published_id_uses() -> None:
+def test_registered_architectures_are_the_ones_plain_timm_lacks_and_cards_say_so() -> None:
     import timm
 
     import copre_hub.fl.models  # noqa: F401  (registers them)
     from copre_hub.hub.cards import REGISTERED_ARCHITECTURES
-    from copre_hub.hub.ids import PUBLISHED
 
     assert set(timm.list_models(module="timm_models")) == set(REGISTERED_ARCHITECTURES)  # copre_hub/timm_models.py's
-    published = sorted({model.architecture for model in PUBLISHED})
-    cards = [card.read_text() for card in sorted((REPO / "model_cards").glob("*/README.md"))]
     script = (
         "import sys, timm; names = sys.argv[1:]; print(' '.join(name for name in names if not timm.is_model(name)))"
     )
     plain = subprocess.run(  # a fresh interpreter with timm only: copre_hub never imported
-        [sys.executable, "-c", script, *published, *REGISTERED_ARCHITECTURES], capture_output=True, text=True
+        [sys.executable, "-c", script, *REGISTERED_ARCHITECTURES], capture_output=True, text=True
     )
     assert plain.returncode == 0, plain.stderr
-    assert plain.stdout.split() == list(REGISTERED_ARCHITECTURES)  # every published architecture is plain timm
-    assert cards and all("With plain timm" in card for card in cards)
+    assert plain.stdout.split() == list(REGISTERED_ARCHITECTURES)
+    snapshots = sorted(path.parent for path in (REPO / "model_cards").glob("*/config.json"))
+    assert snapshots
+    for folder in snapshots:  # a published card tells plain-timm users what their architecture needs
+        registered = json.loads((folder / "config.json").read_text())["architecture"] in REGISTERED_ARCHITECTURES
+        card = (folder / "README.md").read_text()
+        assert ("import copre_hub.fl.models" in card) == registered and ("With plain timm" in card) != registered
 
 
 def test_an_unpushed_card_loads_the_local_folder() -> None:
@@ -197,3 +199,6 @@ def test_committed_reports_record_no_machine_paths() -> None:
     reports = sorted((REPO / "model_cards").glob("*/evaluation.json"))
     sources = {path.parent.name: json.loads(path.read_text())["data"]["source"] for path in reports}
     assert sources and all(not Path(source).is_absolute() for source in sources.values()), sources
+    records = sorted((REPO / "model_cards").glob("*/run.json"))
+    sources = {path.parent.name: json.loads(path.read_text())["data"]["source"] for path in records}
+    assert all(not Path(source).is_absolute() for source in sources.values()), sources

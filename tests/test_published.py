@@ -23,6 +23,7 @@ import copre_hub
 from copre_hub.cli import main
 from copre_hub.errors import IntegrityError, ModelNotFoundError, UnpublishedModelError
 from copre_hub.hub import ids, snapshots
+from copre_hub.hub.cards import card_for_repo
 from copre_hub.hub.checkpoint import sha256_file, verify_checkpoint
 from copre_hub.hub.publish import publish
 from copre_hub.hub.serve.server import running
@@ -47,8 +48,13 @@ def register(monkeypatch: pytest.MonkeyPatch, name: str, sha256: str | None) -> 
 
 @pytest.fixture
 def published(tmp_path: Path, hub_env: Path, monkeypatch: pytest.MonkeyPatch, make_checkpoint) -> SimpleNamespace:
-    """A ``test_resnet`` snapshot (the five files) registered as the published id NAME, in a temporary snapshot root."""
+    """A ``test_resnet`` snapshot (the five files) registered as the published id NAME, in a temporary snapshot root
+    that also links the checkout's real snapshots (so stocking every published id still finds each one)."""
     root = tmp_path / "snapshots"
+    root.mkdir()
+    for model in ids.PUBLISHED:
+        if model.sha256 is not None:
+            (root / model.name).symlink_to(CHECKOUT / "model_cards" / model.name, target_is_directory=True)
     model, folder = make_checkpoint(root / NAME, seed=3, model_id=NAME)
     (folder / "evaluation.json").write_text(json.dumps({"initializations": []}) + "\n")
     (folder / "run.json").write_text(json.dumps({"recipe": {"name": NAME}}) + "\n")
@@ -230,7 +236,9 @@ def test_an_id_without_weights_is_one_line(
     assert "no published weights yet" in err and err.count("\n") == 1
     assert main(["publish"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == len(ids.PUBLISHED) and all("skipped, no published weights yet" in line for line in out)
+    assert len(out) == len(ids.PUBLISHED)
+    for model, line in zip(ids.PUBLISHED, out, strict=True):
+        assert ("skipped, no published weights yet" in line) == (model.sha256 is None), line
     assert main(["list"]) == 0
     assert "no published weights yet" in capsys.readouterr().out
 
@@ -245,6 +253,42 @@ def test_the_source_tree_holds_exactly_the_pinned_weights(model: ids.PublishedMo
     assert sha256_file(folder / "model.safetensors") == model.sha256
     assert verify_checkpoint(folder)["copre_hub"]["sha256"] == model.sha256
     assert f"sha256 `{model.sha256}`" in (folder / "README.md").read_text()
+
+
+WITH_WEIGHTS = [model for model in ids.PUBLISHED if model.sha256 is not None]
+
+
+@pytest.mark.parametrize("model", WITH_WEIGHTS, ids=lambda model: model.name)
+def test_a_published_id_loads_offline_from_a_fresh_checkout(
+    model: ids.PublishedModel, hub_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the README's first Python line does on a machine with an empty cache and no network.
+    monkeypatch.delenv("COPRE_HUB_SNAPSHOTS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = CHECKOUT / "model_cards" / model.name
+    loaded = copre_hub.load(model.name, num_classes=10)
+    assert loaded.get_classifier().out_features == 10
+    pinned = safetensors.torch.load_file(folder / "model.safetensors")
+    head = loaded.default_cfg["classifier"] + "."
+    assert same_tensors(pinned, loaded.state_dict(), skip=head)  # the backbone is exactly the pinned snapshot's
+    details = copre_hub.info(model.name)
+    assert (details.source, details.path, details.sha256) == ("snapshot", folder, model.sha256)
+    plain = timm.create_model(f"local-dir:{folder}", pretrained=True)  # copre_hub imported: its architectures exist
+    assert same_tensors(pinned, plain.state_dict())
+
+
+@pytest.mark.parametrize("model", WITH_WEIGHTS, ids=lambda model: model.name)
+def test_a_snapshot_card_is_already_the_published_repositorys(model: ids.PublishedModel) -> None:
+    # Pushed as it is (publish, serve --with-published), the folder is the repository: its card needs no rewrite.
+    folder = CHECKOUT / "model_cards" / model.name
+    card = (folder / "README.md").read_text()
+    config = json.loads((folder / "config.json").read_text())
+    assert card_for_repo(card, config, ids.published_repo_id(model)) == card
+    assert f'copre_hub.load("{ids.published_repo_id(model)}"' in card
+
+
+def test_some_published_id_has_weights() -> None:
+    assert WITH_WEIGHTS, "no published id pins weights: the README's first Python line cannot work"
 
 
 def test_publish_and_serve_say_what_they_do(capsys: pytest.CaptureFixture[str]) -> None:

@@ -302,7 +302,7 @@ def run_record(prepared: Prepared, processes: Processes) -> dict[str, Any]:
         "seed": recipe.seed,
         "method": prepared.method.hyperparameters(),
         "data": {
-            "source": prepared.data.meta.get("source"),
+            "source": recorded_source(prepared),
             "pretrain_classes": list(pretrain_classes),
             "downstream_classes": list(downstream_classes),
             "num_clients": prepared.data.num_clients,
@@ -318,6 +318,12 @@ def run_record(prepared: Prepared, processes: Processes) -> dict[str, Any]:
         "versions": software_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def recorded_source(prepared: Prepared) -> str | None:
+    """Where the data came from, as the run record and the checkpoint keep it: no machine's absolute paths."""
+    source = prepared.data.meta.get("source")
+    return portable_source(source, prepared.data_dir) if source else None
 
 
 def save_run_checkpoint(prepared: Prepared, sim: Simulation, folder: Path, record: dict) -> Path:
@@ -344,7 +350,7 @@ def checkpoint_meta(prepared: Prepared, versions: dict[str, str], final_metrics:
         fingerprint=recipe.fingerprint(),
         seed=recipe.seed,
         data={
-            "source": portable_source(source, prepared.data_dir) if (source := data.meta.get("source")) else None,
+            "source": recorded_source(prepared),
             "pretrain_classes": list(pretrain_classes),
             "downstream_classes": list(downstream_classes),
             "num_clients": data.num_clients,

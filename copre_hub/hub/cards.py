@@ -365,7 +365,9 @@ def _eval_results(evaluation: dict[str, Any]) -> list[EvalResult]:
 
 def _summary(config: dict[str, Any], meta: CheckpointMeta, dataset: str) -> str:
     method = _method_name(meta.method, meta.method_display) or "federated"
-    text = f"A {method} pre-trained initialization of timm `{config['architecture']}` for federated downstream tasks"
+    architecture = config["architecture"]
+    owner = "copre-hub's timm-registered" if architecture in REGISTERED_ARCHITECTURES else "timm"
+    text = f"A {method} pre-trained initialization of {owner} `{architecture}` for federated downstream tasks"
     if dataset:
         text += f", pre-trained on {_display('dataset', dataset)}"
     if meta.scenario:

@@ -47,7 +47,7 @@ class PublishedModel:
     Attributes:
         name: the short id, in its canonical spelling (``{method}-{arch}-{dataset}[-{variant}]``).
         method: pre-training method (``coprefl``, ``fedavg``, ...).
-        architecture: the backbone family named in the id.
+        architecture: the backbone family as the id spells it (``femnistcnn`` for copre-hub's ``femnist_cnn``).
         dataset: pre-training dataset.
         summary: one line for ``copre-hub list``.
         sha256: sha256 of its published ``model.safetensors`` (the snapshot ``model_cards/<name>/`` and the Hub
@@ -87,6 +87,38 @@ PUBLISHED: tuple[PublishedModel, ...] = (
         dataset="cifar100",
         summary="FedAvg pre-training baseline, CIFAR-100 classes 0-79",
         sha256=None,  # not trained yet
+    ),
+    PublishedModel(
+        name="copreFL-femnistcnn-femnist",
+        method="coprefl",
+        architecture="femnistcnn",
+        dataset="femnist",
+        summary="CoPreFL, Scenario I (pre-training data only on clients), FEMNIST's 52 letters on 100 writers",
+        sha256="bc63656ed1d4ccd88df42d9fc1a7b8ab2ed8c0e7a7b86e361dda9013dbb368a6",
+    ),
+    PublishedModel(
+        name="copreFL-femnistcnn-femnist-hybrid",
+        method="coprefl",
+        architecture="femnistcnn",
+        dataset="femnist",
+        summary="CoPreFL, Scenario II (clients plus a 5% server dataset), FEMNIST's 52 letters on 100 writers",
+        sha256="f106a2353e9f17ef66e688372b3fc78d8e220ed713dfd1cadc44ff7df4e74770",
+    ),
+    PublishedModel(
+        name="fedavg-femnistcnn-femnist",
+        method="fedavg",
+        architecture="femnistcnn",
+        dataset="femnist",
+        summary="FedAvg pre-training baseline, FEMNIST's 52 letters on 100 writers",
+        sha256="718b931dbca6158a7e48342ba9f758bc5cbf5d7cbcf62a641a72b4cce76c0861",
+    ),
+    PublishedModel(
+        name="centralized-femnistcnn-femnist",
+        method="centralized",
+        architecture="femnistcnn",
+        dataset="femnist",
+        summary="Centralized pre-training baseline on the pooled data of the same 100 writers, FEMNIST's 52 letters",
+        sha256="9193ab3a7ab76b53009caa46ae0a58a49dc4d3fe997be6f8a6742373fa44386f",
     ),
 )
 
