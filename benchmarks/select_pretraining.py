@@ -1,7 +1,8 @@
 """Choose each pre-training method's settings on validation tasks, never on the tasks that are reported.
 
 For every method of the comparison, each candidate of a small grid (the paper's learning-rate grid, CoPreFL's and
-FedMeta's meta learning rate from {1e-2, 1e-3}, and momentum 0 or 0.9 with ``--momentum``) is pre-trained at a
+FedMeta's meta learning rate from {1e-2, 1e-3}, and momentum 0 or 0.9 with ``--momentum``; ``--lrs``,
+``--meta-lrs`` and ``--momentum 0.9`` narrow it where the compute asks, and the record says so) is pre-trained at a
 scale of ``reproduce_paper.py`` (``--rounds`` may reduce its budget, and the record says so) and evaluated on
 downstream tasks drawn with ``--task-seed`` (default 1; the reported tasks use 0) under ``--protocol``. The rule,
 fixed before any reported run: per method, the candidate with the highest mean validation accuracy; ties go to the
@@ -32,16 +33,23 @@ import reproduce_paper as rp  # the scales, recipes and runners of the compariso
 
 LRS = (1e-2, 5e-3, 1e-3, 5e-4)
 META_LRS = (1e-2, 1e-3)
+MOMENTA = (0.0, 0.9)
 META_METHODS = ("coprefl", "fedmeta")
 METHODS = ("centralized", "fedavg", "fedmeta", "qffl", "coprefl")
 
 
-def candidates(method: str, momentum: bool) -> list[dict[str, float]]:
-    """The grid of one method: ``method.*`` settings."""
-    grid = {"lr": LRS, **({"meta_lr": META_LRS} if method in META_METHODS else {})}
-    if momentum:
-        grid["momentum"] = (0.0, 0.9)
-    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+def grid(method: str, args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    """The values each ``method.*`` setting of ``method`` takes (momentum only when ``--momentum`` is given)."""
+    axes = {"lr": tuple(args.lrs), **({"meta_lr": tuple(args.meta_lrs)} if method in META_METHODS else {})}
+    if args.momentum is not None:
+        axes["momentum"] = tuple(args.momentum) or MOMENTA
+    return axes
+
+
+def candidates(method: str, args: argparse.Namespace) -> list[dict[str, float]]:
+    """Every combination of ``method``'s grid."""
+    grid_ = grid(method, args)
+    return [dict(zip(grid_, values, strict=True)) for values in itertools.product(*grid_.values())]
 
 
 def label(method: str, settings: dict[str, float]) -> str:
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         run_candidate(method, settings, scale, args, protocol, work)
         for method in args.methods
-        for settings in candidates(method, args.momentum)
+        for settings in candidates(method, args)
     ]
     random = random_reference(scale, args, protocol, work)
     best = select(rows)
@@ -138,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"## {name}\n\nBudget: {dataclasses.asdict(scale)} (rounds {'reduced to ' if args.rounds else ''}"
         f"{scale.rounds}); validation tasks: seed {args.task_seed}, {args.tasks} tasks, protocol {args.protocol}; "
-        "rule: highest validation accuracy per method, ties to the lower lr."
+        "rule: highest validation accuracy per method, ties to the lower lr.\n\nGrid: "
+        + "; ".join(
+            f"{m}: " + ", ".join(f"{k} " + "/".join(f"{x:g}" for x in v) for k, v in grid(m, args).items())
+            for m in args.methods
+        )
     )
     text = markdown(rows, best, header, classes, random)
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": dataclasses.asdict(protocol),
         "protocol_name": args.protocol,
         "rule": "per method: highest mean validation accuracy; ties: lower lr",
+        "grid": {m: grid(m, args) for m in args.methods},
         "random": random,
         "candidates": rows,
         "selected": {m: row["label"] for m, row in best.items()},
@@ -171,7 +184,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", choices=sorted({s for s, _ in rp.SCALES}), default="paper")
     parser.add_argument("--dataset", choices=sorted(rp.DATASETS), default="femnist")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--momentum", action="store_true", help="also try momentum 0.9")
+    parser.add_argument(
+        "--lrs", nargs="+", type=float, default=list(LRS), help="learning rates (default: the paper's grid)"
+    )
+    parser.add_argument("--meta-lrs", nargs="+", type=float, default=list(META_LRS), help="meta learning rates")
+    parser.add_argument(
+        "--momentum", nargs="*", type=float, help="try momentum: alone, 0 and 0.9; with values, those values"
+    )
     parser.add_argument("--rounds", type=int, help="pre-training rounds instead of the scale's (a reduced budget)")
     parser.add_argument("--centralized-epochs", type=int, help="centralized epochs instead of the scale's")
     parser.add_argument("--tasks", type=int, default=5, help="validation tasks (default 5)")

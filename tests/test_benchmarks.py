@@ -188,8 +188,13 @@ def test_calibrate_runs_readings_and_selects_by_the_fixed_rule(data_dir, tmp_pat
 
 def test_select_pretraining_tunes_every_method_on_validation_tasks(data_dir, tmp_path: Path) -> None:
     select = importlib.import_module("select_pretraining")
-    assert len(select.candidates("coprefl", momentum=True)) == 4 * 2 * 2
-    assert len(select.candidates("fedavg", momentum=False)) == 4
+    assert len(select.candidates("coprefl", select.parse_args(["--momentum"]))) == 4 * 2 * 2
+    assert len(select.candidates("fedavg", select.parse_args([]))) == 4
+    narrowed = select.parse_args(["--lrs", "1e-2", "5e-3", "--meta-lrs", "1e-2", "--momentum", "0.9"])
+    assert select.candidates("coprefl", narrowed) == [
+        {"lr": 1e-2, "meta_lr": 1e-2, "momentum": 0.9},
+        {"lr": 5e-3, "meta_lr": 1e-2, "momentum": 0.9},
+    ]
     args = ["--scale", "smoke", "--dataset", "cifar100", "--methods", "fedavg", "--tasks", "1", "--rounds", "1"]
     args += ["--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path), "--data-dir", str(data_dir), "-q"]
     assert select.main(args) == 0
@@ -199,7 +204,9 @@ def test_select_pretraining_tunes_every_method_on_validation_tasks(data_dir, tmp
     best = max(payload["candidates"], key=lambda c: (c["validation_accuracy"], -c["settings"]["lr"]))
     assert payload["selected"] == {"fedavg": best["label"]}
     assert 0 < payload["random"]["validation_accuracy"] < 100  # the floor on the same validation tasks
+    assert payload["grid"] == {"fedavg": {"lr": list(select.LRS)}}
     assert "random weights: " in (tmp_path / "select-smoke-cifar100.md").read_text()
+    assert "Grid: fedavg: lr 0.01/0.005/0.001/0.0005" in (tmp_path / "select-smoke-cifar100.md").read_text()
     assert (tmp_path / "select-smoke-cifar100.args").read_text().split() == [
         "--pretrain-set",
         f"fedavg:method.lr={best['settings']['lr']}",
