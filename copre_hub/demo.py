@@ -6,10 +6,10 @@
 4. load it back with ``copre_hub.load`` and check that the weights are the ones pushed;
 5. run one downstream FedAvg task from random weights and from the CoPreFL weights (same task, partition, head and
    batch order) and print the comparison: mean accuracy, variance and lowest 10% of client accuracies;
-6. run one task of the paper's FEMNIST protocol from random weights and from the published
-   ``copreFL-femnistcnn-femnist`` (resolved as ``copre_hub.load`` resolves a published id, checked against its
+6. run one task of the paper's CIFAR-100 protocol from random weights and from the published
+   ``copreFL-resnet18-cifar100`` (resolved as ``copre_hub.load`` resolves a published id, checked against its
    pinned sha256), so the user also sees what a real initialization does; skipped, with a line saying why, where
-   this install has no copy of it or there is no FEMNIST data.
+   this install has no copy of it.
 
 The endpoint is stopped at the end. Everything lands in the output folder (default ``./copre-hub-demo``)::
 
@@ -19,7 +19,7 @@ The endpoint is stopped at the end. Everything lands in the output folder (defau
     client_accuracies.png   per-client test accuracy, one panel per initialization
     published/              the same two files for the published initialization's task (step 6)
 
-CIFAR-100 (FEMNIST for step 6) is read from ``<data folder>/cifar100`` (``femnist``) when there is a data folder
+CIFAR-100 is read from ``<data folder>/cifar100`` when there is a data folder
 (``data_dir``, i.e. ``--data-dir``, else ``$COPRE_HUB_DATA``), else from the Hub. The Hub cache used for the pull is
 a temporary folder, so the user's own cache is never touched. The only progress bars are
 copre-hub's own (pre-training rounds, downstream rounds): those of huggingface_hub and datasets are off meanwhile.
@@ -44,9 +44,10 @@ DEFAULT_OUTPUT = Path("copre-hub-demo")
 DEMO_ORG = "demo"
 RANDOM_LABEL = "random init"
 COPREFL_LABEL = "CoPreFL init"
-PUBLISHED_ID = "copreFL-femnistcnn-femnist"  # a published id with weights; its dataset is step 6's
+PUBLISHED_ID = "copreFL-resnet18-cifar100"  # a published id with weights; its dataset is step 6's
 PUBLISHED_LABEL = f"published {PUBLISHED_ID}"
-PUBLISHED_DATASET = "femnist"
+PUBLISHED_DATASET = "cifar100"
+PUBLISHED_TASK = "CIFAR-100's unseen classes 80-99"  # what step 6's downstream task is drawn from
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ def run_demo(
     say("\n" + format_table(report))
     if published is not None:
         write_report(published, output / "published")
-        say(f"\nThe published initialization, on one task of the paper's FEMNIST protocol:\n{format_table(published)}")
+        say(f"\nThe published initialization, on one task of the paper's protocol:\n{format_table(published)}")
     say(f"\nresults: {results}\nplot: {plot}\ncheckpoint: {checkpoint}")
     say(f"pushed as {repo_id}; serve it again with: copre-hub serve --storage {storage}")
     return DemoResult(endpoint, storage, repo_id, commit, checkpoint, weights_match, report, results, plot, published)
@@ -345,7 +346,7 @@ def compare(repo_id: str, settings: DemoSettings, progress: bool, data_dir: Path
 
 
 def compare_published(settings: DemoSettings, progress: bool, data_dir: Path | None) -> dict[str, Any] | None:
-    """One task of the paper's FEMNIST protocol from random weights and from the published :data:`PUBLISHED_ID`, on
+    """One task of the paper's protocol from random weights and from the published :data:`PUBLISHED_ID`, on
     identical draws; the report, or None (with a line saying why) when the initialization or the data is missing."""
     import copre_hub
     from copre_hub.errors import DatasetNotFoundError, ModelNotFoundError
@@ -360,8 +361,8 @@ def compare_published(settings: DemoSettings, progress: bool, data_dir: Path | N
         say(f"[6/6] skipped the published {PUBLISHED_ID}: {error}")
         return None
     say(
-        f"[6/6] downstream FedAvg on FEMNIST's unseen digits ({source}) from the published {PUBLISHED_ID} (from the "
-        f"{where}) and from random init: {cfg.clients} writers, {cfg.rounds} rounds x {cfg.local_steps} local steps"
+        f"[6/6] downstream FedAvg on {PUBLISHED_TASK} ({source}) from the published {PUBLISHED_ID} (from the "
+        f"{where}) and from random init: {cfg.clients} clients, {cfg.rounds} rounds x {cfg.local_steps} local steps"
     )
     return evaluate(
         ["random", PUBLISHED_ID], cfg, labels=[RANDOM_LABEL, PUBLISHED_LABEL], progress=progress, data_dir=data_dir

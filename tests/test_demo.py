@@ -82,12 +82,12 @@ def test_the_comparison_has_both_initializations_on_one_task(demo) -> None:
     assert result.results.is_file() and result.plot.read_bytes().startswith(b"\x89PNG")
 
 
-def test_the_published_initialization_runs_the_femnist_protocol(demo) -> None:
+def test_the_published_initialization_runs_the_papers_protocol(demo) -> None:
     result, _ = demo
     report = result.published
-    assert report is not None, "step 6 was skipped in a checkout with the FEMNIST data"
+    assert report is not None, "step 6 was skipped in a checkout with the published snapshot"
     assert [entry["label"] for entry in report["initializations"]] == [RANDOM_LABEL, PUBLISHED_LABEL]
-    assert report["data"]["dataset"] == "femnist" and report["data"]["class_pool"] == list(range(10))
+    assert report["data"]["dataset"] == "cifar100" and report["data"]["class_pool"] == list(range(80, 100))
     [published] = [entry for entry in report["initializations"] if entry["label"] == PUBLISHED_LABEL]
     assert published["sha256"] == copre_hub.info(PUBLISHED_ID).sha256
     assert (result.results.parent / "published" / "results.json").is_file()

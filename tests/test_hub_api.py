@@ -129,12 +129,12 @@ def test_cached_revisions_need_no_endpoint(published, monkeypatch: pytest.Monkey
 
 def test_short_published_ids_match_case_insensitively(hub_server: str, tiny_checkpoint) -> None:
     model, folder = tiny_checkpoint
-    commit = copre_hub.push(folder, "copreFL-resnet18-cifar100")
-    assert commit.repo_url.repo_id == "copre-hub/copreFL-resnet18-cifar100"
-    loaded = copre_hub.load("COPREFL-RESNET18-CIFAR100")
+    commit = copre_hub.push(folder, "copreFL-resnet18-cifar100-hybrid")  # a registered id with no pinned weights
+    assert commit.repo_url.repo_id == "copre-hub/copreFL-resnet18-cifar100-hybrid"
+    loaded = copre_hub.load("COPREFL-RESNET18-CIFAR100-HYBRID")
     assert same_weights(model.state_dict(), loaded.state_dict())
     listing = {entry.repo_id: entry for entry in copre_hub.list_models()}
-    assert commit.oid in listing["copre-hub/copreFL-resnet18-cifar100"].cached_revisions
+    assert commit.oid in listing["copre-hub/copreFL-resnet18-cifar100-hybrid"].cached_revisions
 
 
 def test_push_mirrors_the_folder_and_refuses_pickles(hub_server: str, tiny_checkpoint, make_checkpoint, tmp_path):

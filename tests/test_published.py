@@ -186,7 +186,7 @@ def test_a_stocked_store_serves_the_published_repositories(published, tmp_path: 
     store = RepoStore(tmp_path / "store")
     assert any(line.startswith(f"{NAME}: stocked {REPO_ID}@v1") for line in stock_published(store))
     assert any(line.startswith(f"{NAME}: unchanged") for line in stock_published(store))  # a restart commits nothing
-    skipped = "copreFL-resnet18-cifar100: skipped, no published weights yet"
+    skipped = "copreFL-resnet18-cifar100-hybrid: skipped, no published weights yet"
     assert any(line.startswith(skipped) for line in stock_published(store))
     with running(store.root, tokens=[]) as url:
         monkeypatch.setenv("HF_ENDPOINT", url)
@@ -227,10 +227,10 @@ def test_an_id_without_weights_is_one_line(
 ) -> None:
     monkeypatch.delenv("COPRE_HUB_SNAPSHOTS", raising=False)
     with pytest.raises(UnpublishedModelError) as caught:
-        copre_hub.load("copreFL-resnet18-cifar100", num_classes=5)
+        copre_hub.load("copreFL-resnet18-cifar100-hybrid", num_classes=5)
     message = str(caught.value)
-    assert "'copreFL-resnet18-cifar100' has no published weights yet" in message and "\n" not in message
-    assert str(CHECKOUT / "model_cards" / "copreFL-resnet18-cifar100" / "README.md") in message
+    assert "'copreFL-resnet18-cifar100-hybrid' has no published weights yet" in message and "\n" not in message
+    assert str(CHECKOUT / "model_cards" / "copreFL-resnet18-cifar100-hybrid" / "README.md") in message
     assert main(["info", "fedavg-resnet18-cifar100"]) == 2
     err = capsys.readouterr().err
     assert "no published weights yet" in err and err.count("\n") == 1

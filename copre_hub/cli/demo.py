@@ -16,8 +16,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="pre-train, publish, load and compare an initialization, all on this machine",
         description="Start a local Hub endpoint, pre-train a small CoPreFL initialization on CIFAR-100, push it, "
         "load it back with copre_hub.load, and compare one downstream FedAvg task from random and from CoPreFL "
-        "weights, then one FEMNIST task from random and from the published copreFL-femnistcnn-femnist. No account "
-        "or Hub access needed when the data is local (--data-dir). About 3 minutes on 2 idle CPU cores.",
+        "weights, then one task of the paper's protocol from random and from the published "
+        "copreFL-resnet18-cifar100. No account or Hub access needed when the data is local (--data-dir). About "
+        "5 minutes on 2 idle CPU cores.",
     )
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="default, or tiny (seconds)")
     add_data_dir(parser)

@@ -70,7 +70,7 @@ PUBLISHED: tuple[PublishedModel, ...] = (
         architecture="resnet18",
         dataset="cifar100",
         summary="CoPreFL, Scenario I (pre-training data only on clients), CIFAR-100 classes 0-79",
-        sha256=None,  # its card names ebd29d1d..., weights that were never committed: not published yet
+        sha256="391d7e1fef2a7add26abd5fe2712d306be70df5fd76bb13cc997db51ea31554c",
     ),
     PublishedModel(
         name="copreFL-resnet18-cifar100-hybrid",
