@@ -131,7 +131,8 @@ class DemoSettings:
         )
 
     def published_downstream(self) -> DownstreamConfig:
-        """One task of the paper's protocol on the published initialization's dataset, at this size's counts."""
+        """One task of the paper's protocol on the published initialization's dataset, at this size's counts and
+        step size (``downstream_lr``: the paper's 50 rounds of 1e-3 in 10 rounds)."""
         from copre_hub.fl.downstream import DownstreamConfig
 
         return DownstreamConfig.for_dataset(
@@ -140,6 +141,7 @@ class DemoSettings:
             clients=self.downstream_clients,
             rounds=self.downstream_rounds,
             local_steps=self.local_steps,
+            lr=self.downstream_lr,
             algorithm="fedavg",
             seed=self.seed,
         )
