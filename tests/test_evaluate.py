@@ -136,6 +136,37 @@ def test_cache_reuses_the_first_tasks_when_more_are_asked_for(checkpoint, tmp_pa
     assert len(calls) == 2 and len(list(tmp_path.glob("*.json"))) == 1
 
 
+def test_an_earlier_report_counts_as_finished_tasks(
+    checkpoint, report, make_checkpoint, tmp_path, monkeypatch, caplog
+) -> None:
+    import copre_hub.fl.evaluate as evaluation
+
+    real, calls = evaluation.run_task, []
+    monkeypatch.setattr(evaluation, "run_task", lambda *a, **k: calls.append(1) or real(*a, **k))
+    earlier, _ = write_report(report, tmp_path / "earlier")
+    other = make_checkpoint(tmp_path / "b", seed=2, num_classes=80, data=SPLIT)[1]
+    again = evaluate([str(other), str(checkpoint), "random"], SETTINGS, labels=["b", "a", "random"], reuse=[earlier])
+    assert len(calls) == 2  # only the new checkpoint's two tasks: the others' are in the report
+    assert entry(again, "a")["tasks"] in (entry(report, "a")["tasks"], entry(report, "a-again")["tasks"])
+    assert entry(again, "random")["tasks"] == entry(report, "random")["tasks"]
+    more = evaluate(["random"], {**SETTINGS, "tasks": 3}, architecture="test_resnet", reuse=[earlier])
+    assert len(calls) == 3 and entry(more, "random")["tasks"][:2] == entry(report, "random")["tasks"]
+    with caplog.at_level("WARNING", logger="copre_hub"):
+        evaluate(["random"], {**SETTINGS, "seed": 1}, architecture="test_resnet", reuse=[earlier])
+    assert len(calls) == 5 and f"nothing reused from {earlier}" in caplog.text  # other tasks: run
+
+
+@pytest.mark.parametrize("content", ['{"architecture": "resnet18"}', "not json", None])
+def test_reuse_refuses_what_is_not_a_report_in_one_line(content, tmp_path, capsys) -> None:
+    path = tmp_path / "evaluation.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["evaluate", "random", "--arch", "test_resnet", "--reuse", str(path), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and "\n" not in err
+    assert ("is not a downstream report" if content and content[0] == "{" else "cannot read the report") in err
+
+
 def test_table_json_and_plot(report, tmp_path) -> None:
     table = format_table(report).splitlines()
     header = ["initialization", "accuracy (%)", "variance", "lowest 10% (%)", "lowest 20% (%)", "lowest 30% (%)"]

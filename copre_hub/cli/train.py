@@ -262,6 +262,16 @@ def _register_evaluate(verbs: argparse._SubParsersAction) -> None:
         "same settings resumes from there (delete the folder to start over)",
     )
     parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="REPORT",
+        help="an earlier report (results.json, or a card's evaluation.json) whose tasks count as finished for the "
+        "same weights under the same protocol and data, so published initializations are not run again "
+        "(repeatable)",
+    )
+    parser.add_argument(
         "--merge", action="store_true", help="also record the results in each local checkpoint's config and card"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
@@ -277,6 +287,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"-o {args.output} is a file; give a folder for the results.")
     for source in args.sources:
         _check_source(source)
+    from copre_hub.fl.report_format import read_report
+
+    for path in args.reuse:
+        read_report(path)  # a wrong file is refused now, not after the data has loaded
     if args.dataset:
         _check_data_source({"dataset": args.dataset, "path": args.data_path}, folder_of_copies)
     # Only now the heavy imports (torch, timm): every check above costs a fraction of a second.
@@ -305,6 +319,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 processes=Processes(device=torch.device(device)),
                 progress=not args.quiet,
                 cache_dir=args.output / "cache",
+                reuse=args.reuse,
                 data_dir=folder_of_copies,
             )
     except KeyboardInterrupt:

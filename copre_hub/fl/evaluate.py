@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from copre_hub import _io
+from copre_hub._logging import get_logger
 from copre_hub.errors import ConfigError
 from copre_hub.fl.data import DataConfig, ImageData, load_image_data, portable_source
 from copre_hub.fl.distributed import Processes
@@ -48,9 +46,13 @@ from copre_hub.fl.report_format import (
     Report,
     TaskDraw,
     TaskResult,
+    read_report,
 )
 from copre_hub.fl.seeding import derive_seed
+from copre_hub.fl.task_cache import TaskCache
 from copre_hub.hub.meta import CheckpointMeta
+
+_logger = get_logger(__name__)
 
 # Keys of DataConfig that describe the dataset itself (a recipe's data.path is machine-specific and left out).
 _DATA_KEYS = ("dataset", "splits", "image_column", "label_column", "writer_column")
@@ -276,6 +278,7 @@ def evaluate(
     processes: Processes | None = None,
     progress: bool = False,
     cache_dir: str | Path | None = None,
+    reuse: Sequence[str | Path] = (),
     data_dir: str | Path | None = None,
 ) -> Report:
     """Run every initialization of ``sources`` on the same downstream tasks; returns the report.
@@ -291,8 +294,12 @@ def evaluate(
         processes: where to run; default: this process on CUDA when available, else the CPU.
         progress: show a progress bar that moves once per downstream round.
         cache_dir: keep each finished task there and reuse those an earlier call finished under the same
-            protocol, data and tasks (see :class:`TaskCache`): an interrupted comparison resumes where it stopped,
-            and a baseline such as ``"random"`` is evaluated once for several checkpoints.
+            protocol, data and tasks (see :class:`copre_hub.fl.task_cache.TaskCache`): an interrupted comparison
+            resumes where it stopped, and a baseline such as ``"random"`` is evaluated once for several checkpoints.
+        reuse: reports of earlier comparisons (``results.json``, or a card's ``evaluation.json``) whose tasks
+            count as finished for the same weights, where their protocol, data and tasks are these (see
+            :class:`copre_hub.fl.task_cache.TaskCache`): a new checkpoint is compared with published ones without
+            running theirs again.
         data_dir: folder of local dataset copies (``--data-dir``); default: ``$COPRE_HUB_DATA``, else the Hub.
 
     Returns:
@@ -300,7 +307,7 @@ def evaluate(
 
     Raises:
         ConfigError: no sources, labels that do not match, incompatible checkpoints, ``random`` without an
-            architecture.
+            architecture, a ``reuse`` file that is not a report.
         DataError, DatasetNotFoundError: the dataset cannot give the tasks.
         ModelNotFoundError, CheckpointError, IntegrityError: a checkpoint cannot be found or is unsound.
 
@@ -310,6 +317,7 @@ def evaluate(
     """
     if not sources:
         raise ConfigError("nothing to evaluate; give checkpoint folders, Hub ids or 'random'.")
+    earlier = [read_report(path) for path in reuse]
     inits = with_random_architecture([resolve(source) for source in sources], architecture)
     labels = unique_labels(labels or [init.default_label for init in inits], len(inits))
     data = data or data_config(inits)
@@ -337,19 +345,21 @@ def evaluate(
         )
         for task in tasks
     ]
-    cache = TaskCache(Path(cache_dir), protocol, record, draws) if cache_dir is not None else None
+    cache = TaskCache(Path(cache_dir) if cache_dir is not None else None, protocol, record, draws, earlier)
+    for path, report in zip(reuse, earlier, strict=True):
+        if not any(kept is report for kept in cache.reused):
+            _logger.warning("nothing reused from %s: it was made under another protocol or data than these.", path)
     processes = processes or Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     bar = _progress_bar(len(inits) * len(tasks) * cfg.rounds, enabled=progress)
     entries: list[InitializationResult] = []
     try:
         for label, init in zip(labels, inits, strict=True):
-            finished = cache.finished(init) if cache is not None else []
+            finished = cache.finished(init)
             bar.set_description(f"downstream {label}")
             bar.update(len(finished) * cfg.rounds)
 
             def on_task(per_task: list[TaskResult], init: Initialization = init) -> None:
-                if cache is not None:
-                    cache.save(init, per_task)
+                cache.save(init, per_task)
 
             build = model_factory(init, images, cfg.classes_per_task, cfg)
             entries.append(
@@ -368,65 +378,6 @@ def evaluate(
         versions=software_versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-
-
-class TaskCache:
-    """Finished downstream tasks of each initialization under one protocol and dataset, so a comparison resumes.
-
-    One JSON file per initialization, rewritten after each task. A result is reused only under the same protocol
-    (apart from the number of tasks) and data, for the same drawn task (index, classes, client sizes) and the same
-    weights: the checkpoint's recorded sha256, or for ``"random"`` its architecture (its weights are drawn from the
-    protocol's seed). Task ``i`` is drawn from ``(seed, i)`` alone, so the first tasks of a longer comparison are
-    those of a shorter one and are reused. A checkpoint without a recorded sha256 (a plain timm export) is never
-    cached.
-    """
-
-    def __init__(self, folder: Path, protocol: dict[str, Any], data: DataRecord, tasks: Sequence[TaskDraw]) -> None:
-        self.folder = folder
-        protocol = {key: value for key, value in protocol.items() if key != "tasks"}
-        self.setting = _digest({"protocol": protocol, "data": data})
-        self.specs = {spec["index"]: spec for spec in tasks}
-
-    def finished(self, init: Initialization) -> list[TaskResult]:
-        """The task results of ``init`` saved for tasks of this setting (empty when none or unreadable)."""
-        path = self._path(init)
-        if path is None or not path.is_file():
-            return []
-        try:
-            saved = json.loads(path.read_text())
-            specs = {spec["index"]: spec for spec in saved["task_specs"]}
-            return [r for r in saved["tasks"] if self.specs.get(r["index"]) == specs.get(r["index"])]
-        except (OSError, ValueError, KeyError, TypeError):
-            return []  # unreadable: run the tasks again and overwrite it
-
-    def save(self, init: Initialization, tasks: list[TaskResult]) -> None:
-        """Save (atomically) the task results of ``init``, with those of other tasks saved before, when it has an
-        identity to key them by."""
-        path = self._path(init)
-        if path is None:
-            return
-        try:
-            saved = json.loads(path.read_text()) if path.is_file() else {"tasks": [], "task_specs": []}
-            kept = {r["index"]: (r, s) for r, s in zip(saved["tasks"], saved["task_specs"], strict=True)}
-        except (OSError, ValueError, KeyError, TypeError):
-            kept = {}
-        kept.update({r["index"]: (r, self.specs[r["index"]]) for r in tasks})
-        ordered = [kept[index] for index in sorted(kept)]
-        results, specs = [r for r, _ in ordered], [spec for _, spec in ordered]
-        _io.atomic_write_json(path, {"source": init.source, "tasks": results, "task_specs": specs})
-
-    def _path(self, init: Initialization) -> Path | None:
-        if init.is_random:
-            identity: Any = {"random": list(init.random_arch or ())}
-        elif init.meta.sha256:
-            identity = {"sha256": init.meta.sha256}
-        else:
-            return None
-        return self.folder / f"{_digest({'setting': self.setting, 'weights': identity})[:24]}.json"
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def unique_labels(labels: Sequence[str], count: int) -> list[str]:

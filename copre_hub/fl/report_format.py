@@ -8,6 +8,8 @@ metric definitions are in :mod:`copre_hub.fl.metrics`.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, TypedDict
 
 from copre_hub.errors import ConfigError
@@ -77,6 +79,24 @@ class Report(TypedDict):
     initializations: list[InitializationResult]
     versions: dict[str, str]
     created: str
+
+
+def read_report(path: str | Path) -> Report:
+    """The report in ``path`` (a ``results.json``, or a card's ``evaluation.json``).
+
+    Raises:
+        ConfigError: the file cannot be read or is not a report of this format.
+    """
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read the report {path}: {error}; give a results.json or evaluation.json.") from None
+    if not isinstance(report, dict) or report.get("format") != FORMAT:
+        raise ConfigError(
+            f"{path} is not a downstream report ({FORMAT}); give the results.json of `copre-hub evaluate` or a "
+            "card's evaluation.json."
+        )
+    return report
 
 
 def initialization(report: Report, label: str) -> InitializationResult:
