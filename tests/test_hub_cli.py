@@ -36,8 +36,9 @@ def test_push_pull_list_info_round_trip(hub_server: str, tiny_checkpoint, capsys
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["ID", "CACHED", "ENDPOINT", "WEIGHTS", "DESCRIPTION"]
     assert any(line.startswith("org/cli-model ") and " yes " in line and " cache,endpoint " in line for line in table)
-    fedavg = next(line for line in table if line.startswith("copre-hub/fedavg-resnet18-cifar100 "))
-    assert fedavg.split()[1:4] == ["-", "no", "-"] and fedavg.endswith("(not trained yet: no card in model_cards/)")
+    untrained = next(line for line in table if line.startswith("copre-hub/centralized-resnet18-cifar100 "))
+    assert untrained.split()[1:4] == ["-", "no", "-"]
+    assert untrained.endswith("(not trained yet: no card in model_cards/)")
     assert any(line.startswith("WEIGHTS: where a copy of the weights is") for line in table)
     assert main(["info", "org/cli-model", "--json"]) == 0
     details = json.loads(capsys.readouterr().out)

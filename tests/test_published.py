@@ -231,7 +231,7 @@ def test_an_id_without_weights_is_one_line(
     message = str(caught.value)
     assert "'copreFL-resnet18-cifar100-hybrid' has no published weights yet" in message and "\n" not in message
     assert str(CHECKOUT / "model_cards" / "copreFL-resnet18-cifar100-hybrid" / "README.md") in message
-    assert main(["info", "fedavg-resnet18-cifar100"]) == 2
+    assert main(["info", "centralized-resnet18-cifar100"]) == 2
     err = capsys.readouterr().err
     assert "no published weights yet" in err and err.count("\n") == 1
     assert main(["publish"]) == 0

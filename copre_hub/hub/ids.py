@@ -86,6 +86,14 @@ PUBLISHED: tuple[PublishedModel, ...] = (
         architecture="resnet18",
         dataset="cifar100",
         summary="FedAvg pre-training baseline, CIFAR-100 classes 0-79",
+        sha256="fdcbb57873a73e1b5f5b60357c598c019a6a32a5941bc83def16645ddaaee8cc",
+    ),
+    PublishedModel(
+        name="centralized-resnet18-cifar100",
+        method="centralized",
+        architecture="resnet18",
+        dataset="cifar100",
+        summary="centralized pre-training baseline on the pooled client data, CIFAR-100 classes 0-79",
         sha256=None,  # not trained yet
     ),
     PublishedModel(
