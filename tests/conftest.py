@@ -94,6 +94,17 @@ def make_checkpoint():
 
 
 @pytest.fixture
+def unpublished_id(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A published id with no weights and no card, added to the registry for one test: every real id may be
+    pinned, and what an id without weights does must stay tested."""
+    from copre_hub.hub import ids
+
+    row = ids.PublishedModel("copreFL-resnet50-cifar100", "coprefl", "resnet50", "cifar100", "a test's row")
+    monkeypatch.setattr(ids, "PUBLISHED", (*ids.PUBLISHED, row))
+    return row.name
+
+
+@pytest.fixture
 def tiny_checkpoint(tmp_path: Path, make_checkpoint):
     """A timm ``test_resnet`` (7 classes, 32x32) and its checkpoint folder: ``(model, folder)``."""
     return make_checkpoint(tmp_path / "checkpoint", seed=0)

@@ -127,14 +127,14 @@ def test_cached_revisions_need_no_endpoint(published, monkeypatch: pytest.Monkey
         copre_hub.load("org/tiny@dev")
 
 
-def test_short_published_ids_match_case_insensitively(hub_server: str, tiny_checkpoint) -> None:
+def test_short_published_ids_match_case_insensitively(hub_server: str, tiny_checkpoint, unpublished_id: str) -> None:
     model, folder = tiny_checkpoint
-    commit = copre_hub.push(folder, "copreFL-resnet18-cifar100-hybrid")  # a registered id with no pinned weights
-    assert commit.repo_url.repo_id == "copre-hub/copreFL-resnet18-cifar100-hybrid"
-    loaded = copre_hub.load("COPREFL-RESNET18-CIFAR100-HYBRID")
+    commit = copre_hub.push(folder, unpublished_id)  # a registered id with no pinned weights
+    assert commit.repo_url.repo_id == f"copre-hub/{unpublished_id}"
+    loaded = copre_hub.load(unpublished_id.upper())
     assert same_weights(model.state_dict(), loaded.state_dict())
     listing = {entry.repo_id: entry for entry in copre_hub.list_models()}
-    assert commit.oid in listing["copre-hub/copreFL-resnet18-cifar100-hybrid"].cached_revisions
+    assert commit.oid in listing[f"copre-hub/{unpublished_id}"].cached_revisions
 
 
 def test_push_mirrors_the_folder_and_refuses_pickles(hub_server: str, tiny_checkpoint, make_checkpoint, tmp_path):

@@ -188,7 +188,7 @@ def test_push_writes_the_card_for_the_target_repository() -> None:
 
 
 def test_cards_written_before_the_markers_are_retargeted_too() -> None:
-    published = (REPO / "model_cards" / "copreFL-resnet18-cifar100-hybrid" / "README.md").read_text()
+    published = (REPO / "tests" / "fixtures" / "card-before-markers.md").read_text()  # a card as once published
     assert "copre-hub:how-to-load" not in published
     pushed = card_for_repo(published, CONFIG, "lab/copy")
     assert "copre-hub/copreFL-resnet18-cifar100-hybrid" not in pushed

@@ -26,7 +26,9 @@ def test_every_hub_verb_has_help(verb: str, capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().out.startswith(f"usage: copre-hub {verb}")
 
 
-def test_push_pull_list_info_round_trip(hub_server: str, tiny_checkpoint, capsys: pytest.CaptureFixture[str]) -> None:
+def test_push_pull_list_info_round_trip(
+    hub_server: str, tiny_checkpoint, unpublished_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, folder = tiny_checkpoint
     assert main(["push", str(folder), "org/cli-model", "--tag", "v1", "-m", "first upload"]) == 0
     commit = capsys.readouterr().out.split()[1].rstrip(":")
@@ -36,7 +38,7 @@ def test_push_pull_list_info_round_trip(hub_server: str, tiny_checkpoint, capsys
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["ID", "CACHED", "ENDPOINT", "WEIGHTS", "DESCRIPTION"]
     assert any(line.startswith("org/cli-model ") and " yes " in line and " cache,endpoint " in line for line in table)
-    untrained = next(line for line in table if line.startswith("copre-hub/centralized-resnet18-cifar100 "))
+    untrained = next(line for line in table if line.startswith(f"copre-hub/{unpublished_id} "))
     assert untrained.split()[1:4] == ["-", "no", "-"]
     assert untrained.endswith("(not trained yet: no card in model_cards/)")
     assert any(line.startswith("WEIGHTS: where a copy of the weights is") for line in table)

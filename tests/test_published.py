@@ -182,11 +182,13 @@ def test_plain_timm_loads_the_snapshot_and_the_published_repository(published, h
     assert same_tensors(published.weights, safetensors.torch.load_file(out))
 
 
-def test_a_stocked_store_serves_the_published_repositories(published, tmp_path: Path, monkeypatch) -> None:
+def test_a_stocked_store_serves_the_published_repositories(
+    published, unpublished_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = RepoStore(tmp_path / "store")
     assert any(line.startswith(f"{NAME}: stocked {REPO_ID}@v1") for line in stock_published(store))
     assert any(line.startswith(f"{NAME}: unchanged") for line in stock_published(store))  # a restart commits nothing
-    skipped = "copreFL-resnet18-cifar100-hybrid: skipped, no published weights yet"
+    skipped = f"{unpublished_id}: skipped, no published weights yet"
     assert any(line.startswith(skipped) for line in stock_published(store))
     with running(store.root, tokens=[]) as url:
         monkeypatch.setenv("HF_ENDPOINT", url)
@@ -223,15 +225,15 @@ def test_serve_with_published_command(published, tmp_path: Path, monkeypatch: py
 
 
 def test_an_id_without_weights_is_one_line(
-    hub_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    hub_server: str, unpublished_id: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("COPRE_HUB_SNAPSHOTS", raising=False)
     with pytest.raises(UnpublishedModelError) as caught:
-        copre_hub.load("copreFL-resnet18-cifar100-hybrid", num_classes=5)
+        copre_hub.load(unpublished_id, num_classes=5)
     message = str(caught.value)
-    assert "'copreFL-resnet18-cifar100-hybrid' has no published weights yet" in message and "\n" not in message
-    assert str(CHECKOUT / "model_cards" / "copreFL-resnet18-cifar100-hybrid" / "README.md") in message
-    assert main(["info", "centralized-resnet18-cifar100"]) == 2
+    assert f"{unpublished_id!r} has no published weights yet (its card: none yet)" in message and "\n" not in message
+    assert f"training/recipes/{unpublished_id}.toml" in message
+    assert main(["info", unpublished_id]) == 2
     err = capsys.readouterr().err
     assert "no published weights yet" in err and err.count("\n") == 1
     assert main(["publish"]) == 0

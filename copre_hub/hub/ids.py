@@ -94,7 +94,7 @@ PUBLISHED: tuple[PublishedModel, ...] = (
         architecture="resnet18",
         dataset="cifar100",
         summary="centralized pre-training baseline on the pooled client data, CIFAR-100 classes 0-79",
-        sha256=None,  # not trained yet
+        sha256="c62729c33da57b6b2f1fafb36ecb7e6fa732cb8b0205875471334217eda9d170",
     ),
     PublishedModel(
         name="copreFL-femnistcnn-femnist",
