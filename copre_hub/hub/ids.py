@@ -78,7 +78,7 @@ PUBLISHED: tuple[PublishedModel, ...] = (
         architecture="resnet18",
         dataset="cifar100",
         summary="CoPreFL, Scenario II (clients plus a 5% server dataset), CIFAR-100 classes 0-79",
-        sha256=None,  # its card names 7ede922f..., weights that were never committed: not published yet
+        sha256="3d8436758e9d1ede1d048785ac6eaa32c1a5ee0ba77a5943c165018fd2b9a8e8",
     ),
     PublishedModel(
         name="fedavg-resnet18-cifar100",
