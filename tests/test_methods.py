@@ -154,6 +154,19 @@ def test_simulation_restores_weights_in_place_without_copies() -> None:
     assert all(start <= p.data_ptr() < end for p in sim.model.parameters()), "parameters are views of the vector"
 
 
+def test_accumulator_adds_float32_in_float64_exactly_as_one_cast() -> None:
+    """The CPU path casts through a preallocated piece; its sums are those of one whole-vector float64 add."""
+    from copre_hub.fl.aggregate import _PIECE, Accumulator
+
+    values = [torch.randn(2 * _PIECE + 123, generator=generator(i)) for i in range(3)]
+    acc = Accumulator({"w": values[0].numel(), "loss": 1}, torch.device("cpu"))
+    expected = torch.zeros(values[0].numel(), dtype=torch.float64)
+    for weight, value in zip((64.0, 17.0, 0.5), values, strict=True):
+        acc.add_("w", value, weight=weight)
+        expected.add_(value.double(), alpha=weight)
+    assert torch.equal(acc["w"], expected)
+
+
 def test_scenario_two_edge_cases_are_refused_before_training() -> None:
     from copre_hub.errors import DataError
 

@@ -9,7 +9,7 @@ import torch
 
 from copre_hub.fl.distributed import Processes
 
-_PIECE = 1 << 18  # elements per piece of a mixed-dtype add on CPU (2 MiB of float64)
+_PIECE = 1 << 16  # elements per piece of a mixed-dtype add on CPU: 512 KiB of float64, which stays in cache
 
 
 class Accumulator:
@@ -23,7 +23,7 @@ class Accumulator:
         for name, size in sizes.items():
             self._slices[name] = slice(offset, offset + size)
             offset += size
-        self._vectors: dict[str, torch.Tensor] = {}
+        self._scratch: torch.Tensor | None = None  # one piece of float64, for mixed-dtype adds on CPU
 
     def zero_(self) -> Accumulator:
         self.buffer.zero_()
@@ -32,15 +32,18 @@ class Accumulator:
     def add_(self, name: str, value: torch.Tensor | float, weight: float = 1.0) -> None:
         """``sum[name] += weight * value`` (``value`` a flat vector or a number).
 
-        On a CPU, a float32 vector is added in pieces: the CPU kernel casts a mixed-dtype input through a temporary
-        as large as the input (fresh pages every call), a piece's temporary stays in cache. Same numbers, 6x faster
-        for a ResNet-18.
+        On a CPU, a float32 vector is cast piece by piece into one preallocated float64 piece, then added: the CPU
+        kernel would cast a mixed-dtype input through a temporary as large as the input (fresh pages every call),
+        while the piece stays in cache. Same numbers (the cast is exact), several times faster for a ResNet-18.
         """
         if isinstance(value, torch.Tensor):
             target = self.buffer[self._slices[name]]
             if target.device.type == "cpu" and value.dtype != target.dtype:
+                if self._scratch is None:
+                    self._scratch = torch.empty(_PIECE, dtype=target.dtype)
                 for piece, part in zip(target.split(_PIECE), value.split(_PIECE), strict=True):
-                    piece.add_(part, alpha=weight)
+                    cast = self._scratch[: part.numel()].copy_(part)
+                    piece.add_(cast, alpha=weight)
             else:
                 target.add_(value, alpha=weight)
         else:
