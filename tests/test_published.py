@@ -225,7 +225,11 @@ def test_serve_with_published_command(published, tmp_path: Path, monkeypatch: py
 
 
 def test_an_id_without_weights_is_one_line(
-    hub_server: str, unpublished_id: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    hub_server: str,
+    unpublished_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.delenv("COPRE_HUB_SNAPSHOTS", raising=False)
     with pytest.raises(UnpublishedModelError) as caught:
@@ -244,6 +248,13 @@ def test_an_id_without_weights_is_one_line(
     assert main(["list"]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if f"/{unpublished_id} " in line]
     assert line.endswith("(not trained yet: no card in model_cards/)")  # the test's row has no card either
+    cards = tmp_path / "model_cards"  # a card committed before its weights: listed as having no weights yet
+    (cards / unpublished_id).mkdir(parents=True)
+    (cards / unpublished_id / "README.md").write_text("# a card\n")
+    monkeypatch.setattr("copre_hub.cli.hub._published_cards_dir", lambda: cards)
+    assert main(["list"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if f"/{unpublished_id} " in line]
+    assert line.endswith("(no published weights yet)")
 
 
 @pytest.mark.parametrize("model", ids.PUBLISHED, ids=lambda model: model.name)
