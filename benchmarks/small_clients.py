@@ -4,23 +4,26 @@ engine's time per client goes beyond the SGD steps.
     python benchmarks/small_clients.py                 # resnet18 at 32x32, 20 of 100 clients x 64 images, 1 epoch
     python benchmarks/small_clients.py --arch test_resnet --participants 4 --repeats 2   # seconds
 
-Three loops over the same participants, batch order (``iterate_batches`` with the engine's generators), data (uint8,
+Four loops over the same participants, batch order (``iterate_batches`` with the engine's generators), data (uint8,
 normalised per batch) and plain SGD, interleaved in one process (the order rotates each repetition):
 
 * C, centralized: ``torch.optim.SGD`` over as many image-steps in one model, no federation at all;
 * P2, the in-place loop a careful student writes: one model, ``load_state_dict`` of the global state per client,
   ``torch.optim.SGD``, a running float32 weighted sum of the state dicts;
-* E, the engine: ``FedAvg.round`` on a :class:`~copre_hub.fl.simulation.Simulation`.
+* E, the engine: ``FedAvg.round`` on a :class:`~copre_hub.fl.simulation.Simulation`;
+* E1, the engine adding one client at a time to its float64 sums (as on an accelerator, and as on a CPU before
+  2026-12-07), where E adds two clients in one pass: the before and after of that change.
 
 Goals (issue 18): E at least as fast as P2 and at least 0.95 of C. Then the engine's per-client fixed costs are
 timed alone, each repeated on the same client: restoring the round's start, adding the client to the float64
-accumulator, making the draws (the batch generator and the shuffled order) and gathering and normalising the
-batches, against the whole per-client time of E.
+accumulator (per client of a pair: on a CPU two clients go through the sum in one pass), making the draws (the batch
+generator and the shuffled order) and gathering and normalising the batches, against the whole per-client time of E.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 
@@ -85,6 +88,13 @@ class InPlaceLoop:
         self.state = {k: v / weight if v.is_floating_point() else v for k, v in total.items()}
 
 
+class OneAddPerClient(Simulation):
+    """E1: a simulation whose client loop keeps no last client, so each client is summed on its own."""
+
+    def client_loop(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
 def fixed_costs(sim: Simulation, method, seed: int, repeats: int) -> dict[str, float]:
     """Milliseconds per client of each engine step beyond SGD, each timed alone (median of ``repeats`` calls,
     on the first participant of round 0)."""
@@ -96,16 +106,24 @@ def fixed_costs(sim: Simulation, method, seed: int, repeats: int) -> dict[str, f
     def draws() -> list[torch.Tensor]:
         return list(iterate_batches(indices, method.batch_size, generator(seed, "batches", 0, client), epochs=1))
 
+    def accumulate() -> float:
+        """Seconds per client of two accumulates with a restore between, as in a round (on a CPU the first one
+        waits and the second adds both clients in one pass)."""
+        first = seconds(lambda: method.accumulate(sim, acc, _result(indices)))
+        sim.restore()
+        return (first + seconds(lambda: method.accumulate(sim, acc, _result(indices)))) / 2
+
     batches = draws()
     steps = {
-        "restore": sim.restore,
-        "accumulate": lambda: method.accumulate(sim, acc, _result(indices)),
-        "draws": draws,
-        "batch gather + normalise": lambda: [sim.batch(b, None) for b in batches],
+        "restore": lambda: seconds(sim.restore),
+        "accumulate": accumulate,
+        "draws": lambda: seconds(draws),
+        "batch gather + normalise": lambda: seconds(lambda: [sim.batch(b, None) for b in batches]),
     }
-    for fn in steps.values():
-        fn()  # warm-up
-    return {name: 1e3 * statistics.median(seconds(fn) for _ in range(repeats)) for name, fn in steps.items()}
+    with sim.client_loop():
+        for fn in steps.values():
+            fn()  # warm-up
+        return {name: 1e3 * statistics.median(fn() for _ in range(repeats)) for name, fn in steps.items()}
 
 
 def _result(indices: torch.Tensor):
@@ -131,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fedavg", participants=args.participants, local_epochs=args.local_epochs, batch_size=args.batch_size
     )
     sim = Simulation(create_model(args.arch, seed=args.seed), data)
+    one_add = OneAddPerClient(create_model(args.arch, seed=args.seed), data)
     p2 = InPlaceLoop(create_model(args.arch, seed=args.seed), data, method, args.seed)
     first_round_difference = _first_round_difference(sim, p2, method, args.seed)
     central = create_model(args.arch, seed=args.seed)
@@ -139,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         "C": lambda t: centralized_sgd(central, data, steps, args.batch_size, method.lr, seed=args.seed + t),
         "P2": p2.round,
         "E": lambda t: method.round(sim, args.seed, t),
+        "E1": lambda t: method.round(one_add, args.seed, t),
     }
     for fn in loops.values():
         fn(1)  # warm-up
@@ -162,10 +182,13 @@ def main(argv: list[str] | None = None) -> dict:
     ratios = {"E over P2 (speed)": medians["P2"] / medians["E"], "C over E (efficiency)": medians["C"] / medians["E"]}
     targets = [target(name, ratios[name], goal) for name, goal in GOALS.items()]
     print_targets(targets)
+    paired = statistics.median(e1 / e for e1, e in zip(times["E1"], times["E"], strict=True))
+    print(f"\nE1 over E (one add per client against two a pass), median of the repetitions' ratios: {paired:.3f}")
     results = {
         "seconds_per_round": {name: summary(values) for name, values in times.items()},
         "fixed_costs_ms_per_client": costs,
         "engine_ms_per_client": per_client_ms,
+        "one_add_per_client_over_engine_paired": paired,
         "first_round_max_weight_difference_p2_vs_engine": first_round_difference,
         "targets": targets,
     }

@@ -249,7 +249,8 @@ def test_paper_on_gpu_stops_at_the_budget_then_resumes_and_reuses(data_dir, tmp_
 def test_small_clients_compares_the_in_place_loop_and_times_fixed_costs(tmp_path: Path) -> None:
     args = ["--clients", "6", "--participants", "3", "--client-size", "20", "--repeats", "2", "--cost-repeats", "2"]
     record = run("small_clients", tmp_path, *TINY_MODEL, *args)
-    assert [len(record["seconds_per_round"][loop]["runs"]) for loop in ("C", "P2", "E")] == [2, 2, 2]
+    assert [len(record["seconds_per_round"][loop]["runs"]) for loop in ("C", "P2", "E", "E1")] == [2, 2, 2, 2]
+    assert record["one_add_per_client_over_engine_paired"] > 0
     assert set(record["fixed_costs_ms_per_client"]) == {"restore", "accumulate", "draws", "batch gather + normalise"}
     assert record["first_round_max_weight_difference_p2_vs_engine"] < 1e-5  # P2 computes the engine's FedAvg
     assert [t["name"] for t in record["targets"]] == ["E over P2 (speed)", "C over E (efficiency)"]

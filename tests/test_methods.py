@@ -118,6 +118,24 @@ def test_centralized_is_sgd_on_pooled_data() -> None:
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["fedavg", "qffl", "fedmeta", "coprefl"])
+def test_summing_two_clients_a_pass_gives_the_same_bits(name: str, monkeypatch) -> None:
+    """On a CPU a round keeps the last client's weights and sums clients in pairs; the weights are those of
+    summing one client at a time (an odd number of participants leaves one add for the reduce to settle)."""
+    g = torch.Generator().manual_seed(5)
+    clients = [(torch.randn(20, 3, 2, 2, generator=g), torch.randint(0, 3, (20,), generator=g)) for _ in range(5)]
+    data = FederatedData.from_tensors(clients, num_classes=3)
+
+    def final_weights() -> torch.Tensor:
+        model = tiny_model()
+        create_method(name, rounds=2, participants=3, local_epochs=1, batch_size=8).fit(model, data, seed=0)
+        return flat(model)
+
+    paired = final_weights()
+    monkeypatch.setattr(Simulation, "client_loop", lambda self: contextlib.nullcontext())
+    assert torch.equal(paired, final_weights())
+
+
 @pytest.mark.parametrize("name", list(available()))
 def test_every_method_changes_weights_and_reports_loss(name: str) -> None:
     g = torch.Generator().manual_seed(5)
@@ -142,29 +160,50 @@ def test_shipped_recipes_are_valid(path: Path) -> None:
 
 
 def test_simulation_restores_weights_in_place_without_copies() -> None:
+    """Outside a client loop, restoring copies into the same vector; inside one (on a CPU), it alternates between
+    two vectors allocated once and leaves the replaced weights intact."""
     sim = Simulation(tiny_model(), tiny_federation())
-    storage = sim.flat.vector.data_ptr()
     sim.snapshot()
+    storage = sim.flat.vector.data_ptr()
     sim.train(sim.data.clients[0], lr=0.5, batch_size=8, generator=generator(0), epochs=1)
-    assert not torch.equal(sim.flat.vector, sim.start)
     sim.restore()
-    assert torch.equal(sim.flat.vector, sim.start)
-    assert sim.flat.vector.data_ptr() == storage
-    start, end = storage, storage + sim.flat.vector.numel() * sim.flat.vector.element_size()
+    assert torch.equal(sim.flat.vector, sim.start) and sim.flat.vector.data_ptr() == storage
+    with sim.client_loop():
+        sim.train(sim.data.clients[0], lr=0.5, batch_size=8, generator=generator(0), epochs=1)
+        trained, kept = sim.flat.vector, sim.flat.vector.clone()
+        assert not torch.equal(trained, sim.start)
+        sim.restore()
+        assert torch.equal(sim.flat.vector, sim.start)
+        assert torch.equal(trained, kept), "the last client's weights survive the restore"
+        vectors = {trained.data_ptr(), sim.flat.vector.data_ptr()}
+        sim.restore()
+        sim.restore()
+    assert sim.flat.vector.data_ptr() in vectors and len(vectors) == 2, "two vectors, allocated once"
+    start, end = sim.flat.vector.data_ptr(), sim.flat.vector.data_ptr() + 4 * sim.flat.vector.numel()
     assert all(start <= p.data_ptr() < end for p in sim.model.parameters()), "parameters are views of the vector"
+    assert all(start <= b.data_ptr() < end for b in sim.model.buffers() if b.is_floating_point())
+    assert not sim.keeps_last_client
 
 
-def test_accumulator_adds_float32_in_float64_exactly_as_one_cast() -> None:
-    """The CPU path casts through a preallocated piece; its sums are those of one whole-vector float64 add."""
+@pytest.mark.parametrize("defer", [False, True], ids=["one-by-one", "deferred-in-pairs"])
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_accumulator_adds_float32_in_float64_exactly_as_one_cast(defer: bool, count: int) -> None:
+    """The CPU path casts through a preallocated piece, two deferred adds in one pass; the sums are those of
+    whole-vector float64 adds in the same order, whether the last add is paired or settled by a read."""
     from copre_hub.fl.aggregate import _PIECE, Accumulator
 
-    values = [torch.randn(2 * _PIECE + 123, generator=generator(i)) for i in range(3)]
+    values = [torch.randn(2 * _PIECE + 123, generator=generator(i)) for i in range(count)]
     acc = Accumulator({"w": values[0].numel(), "loss": 1}, torch.device("cpu"))
     expected = torch.zeros(values[0].numel(), dtype=torch.float64)
-    for weight, value in zip((64.0, 17.0, 0.5), values, strict=True):
-        acc.add_("w", value, weight=weight)
+    for weight, value in zip((64.0, 17.0, 0.5), values, strict=False):
+        acc.add_("w", value, weight=weight, defer=defer)
+        acc.add_("loss", 1.0)
         expected.add_(value.double(), alpha=weight)
-    assert torch.equal(acc["w"], expected)
+    assert torch.equal(acc["w"], expected) and acc.scalar("loss") == count
+    acc.zero_().add_("w", values[0], defer=True)
+    assert torch.equal(acc["w"], values[0].double()), "a read settles a deferred add made after zero_"
+    acc.add_("w", values[0], defer=True)
+    assert torch.equal(acc.zero_()["w"], torch.zeros_like(expected)), "zero_ drops a deferred add"
 
 
 def test_scenario_two_edge_cases_are_refused_before_training() -> None:

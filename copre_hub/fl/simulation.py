@@ -1,12 +1,14 @@
 """One process's simulation state and the client-side arithmetic: local SGD, losses and gradients.
 
 Clients are trained one after another on the same model object, in place: the round's starting weights are
-restored with one copy from ``start`` and never deep-copied. Data sits on the device as uint8 and is normalised per
+restored with one copy from ``start`` and never deep-copied (on a CPU into the other of two flat vectors, so the last
+client's weights can still be summed). Data sits on the device as uint8 and is normalised per
 batch. Every random draw uses a generator passed in by the caller (keyed by seed, round and client).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -47,6 +49,7 @@ class Simulation:
         self._accumulators: dict[str, Accumulator] = {}
         self._workspaces: dict[str, torch.Tensor] = {}
         self._mean = self._std = None
+        self.keeps_last_client = False  # see client_loop
         if data.mean is not None:
             shape = (1, -1, 1, 1)
             self._mean = torch.tensor(data.mean, device=device).view(shape)
@@ -72,9 +75,25 @@ class Simulation:
         """Remember the current weights (the round's start, later the aggregate) for :meth:`restore`."""
         self.start.copy_(self.flat.vector)
 
+    @contextlib.contextmanager
+    def client_loop(self) -> Iterator[None]:
+        """The span of a round's loop over clients, each begun with :meth:`restore`: on a CPU, restoring then
+        leaves the weights it replaces intact until the next restore (:attr:`keeps_last_client`).
+
+        The model alternates between two flat vectors there: one more model's memory buys adding two clients to
+        the float64 sums in one pass (``Accumulator.add_(..., defer=True)``), which saves more than it costs on a
+        CPU. An accelerator adds a float32 vector to a float64 sum in one fused kernel anyway. Outside the loop
+        (a Flower server loading each reply into the model, say) nothing is kept and nothing waits.
+        """
+        self.keeps_last_client = self.device.type == "cpu"
+        try:
+            yield
+        finally:
+            self.keeps_last_client = False
+
     def restore(self) -> None:
         """Reset the model to the last :meth:`snapshot` (before each client)."""
-        self.flat.load_(self.start)
+        self.flat.load_(self.start, keep_current=self.keeps_last_client)
 
     def batch(
         self, indices: torch.Tensor, generator: torch.Generator | None = None

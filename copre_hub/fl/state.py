@@ -26,19 +26,31 @@ class FlatModel:
         device = tensors[0].device
         self.model = model
         self.num_params = sum(p.numel() for p in params)
+        self._params = params
+        self._buffer_slots = [(module, name.rsplit(".", 1)[-1]) for module, name, _ in float_buffers]
+        self._shapes = [t.shape for t in tensors]
         self.vector = torch.cat([t.detach().reshape(-1) for t in tensors]).to(device)
+        self._views = self._split(self.vector)
+        self._point_at(self._views)
+        self._spare: tuple[torch.Tensor, list[torch.Tensor]] | None = None  # see load_(keep_current=True)
         self.grad = torch.zeros(self.num_params, device=device)
-        offset = 0
-        for p in params:
-            p.data = self.vector[offset : offset + p.numel()].view_as(p)
-            p.grad = self.grad[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-        for module, name, buf in float_buffers:
-            module._buffers[name.rsplit(".", 1)[-1]] = self.vector[offset : offset + buf.numel()].view_as(buf)
-            offset += buf.numel()
+        for p, view in zip(params, self._split(self.grad), strict=True):
+            p.grad = view
         self._int_buffers = [(b, b.clone()) for _, _, b in _buffers(model) if not b.is_floating_point()]
         self.param_names = [n for n, _ in named_params]
         self.buffer_names = [n for _, n, _ in float_buffers]
+
+    def _split(self, vector: torch.Tensor) -> list[torch.Tensor]:
+        """Views of ``vector`` shaped as the parameters, then the float buffers (``grad`` holds only the former)."""
+        shapes = self._shapes if vector.numel() > self.num_params else self._shapes[: len(self._params)]
+        return [t.view(shape) for t, shape in zip(vector.split([s.numel() for s in shapes]), shapes, strict=True)]
+
+    def _point_at(self, views: list[torch.Tensor]) -> None:
+        """Make the model's parameters and float buffers these views (of one flat vector)."""
+        for p, view in zip(self._params, views, strict=False):  # the parameters come first
+            p.data = view
+        for (module, name), view in zip(self._buffer_slots, views[len(self._params) :], strict=True):
+            module._buffers[name] = view
 
     @property
     def params(self) -> torch.Tensor:
@@ -56,8 +68,19 @@ class FlatModel:
             offset += ref.numel()
         return out
 
-    def load_(self, vector: torch.Tensor) -> None:
-        """Set every weight from a flat ``vector`` (integer buffers such as BN step counters are reset too)."""
+    def load_(self, vector: torch.Tensor, keep_current: bool = False) -> None:
+        """Set every weight from a flat ``vector`` (integer buffers such as BN step counters are reset too).
+
+        ``keep_current`` first moves the model onto a second flat vector (allocated once), so the weights it had
+        stay intact, in the vector that :attr:`vector` was, until the next such load. That costs one more model's
+        memory and lets a caller read the last client's weights while the next one trains.
+        """
+        if keep_current:
+            if self._spare is None:
+                spare = torch.empty_like(self.vector)
+                self._spare = (spare, self._split(spare))
+            (self.vector, self._views), self._spare = self._spare, (self.vector, self._views)
+            self._point_at(self._views)
         self.vector.copy_(vector)
         for buf, saved in self._int_buffers:
             buf.copy_(saved)

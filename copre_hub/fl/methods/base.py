@@ -3,7 +3,8 @@
 One round (``Method.round``):
 
 1. ``sample``: the round's participants, drawn from (seed, round) so every process draws the same set;
-2. for each participant this process owns: restore the round's start, ``train_client`` in place, ``accumulate``;
+2. for each participant this process owns: restore the round's start, ``train_client`` in place, ``accumulate``
+   (neither hook restores: on a CPU the last client's weights are summed only once the next client is trained);
 3. one all-reduce of the accumulator, then ``aggregate`` writes the new global weights;
 4. ``server_update``: whatever the server does next (CoPreFL's meta-step, Scenario II's SGD on server data).
 
@@ -182,11 +183,12 @@ class Method:
         sizes = [float(sim.data.clients[c].numel()) for c in participants]
         acc = self.accumulator(sim)
         sim.snapshot()
-        for client in sim.processes.share(participants, sizes):
-            sim.restore()
-            result = self.train_client(sim, seed, t, client)
-            self.accumulate(sim, acc, result)
-            acc.add_("loss", result.loss)
+        with sim.client_loop():
+            for client in sim.processes.share(participants, sizes):
+                sim.restore()
+                result = self.train_client(sim, seed, t, client)
+                self.accumulate(sim, acc, result)
+                acc.add_("loss", result.loss)
         acc.reduce_(sim.processes)
         self.aggregate(sim, acc)
         metrics = {"train_loss": acc.scalar("loss") / len(participants)}
@@ -238,7 +240,7 @@ class Method:
 
     def accumulate(self, sim: Simulation, acc: Accumulator, result: ClientResult) -> None:
         """Add a trained client to the running weighted sum."""
-        acc.add_("state", sim.flat.vector, result.weight)
+        acc.add_("state", sim.flat.vector, result.weight, defer=sim.keeps_last_client)
         acc.add_("weight", result.weight)
 
     def aggregate(self, sim: Simulation, acc: Accumulator) -> None:
