@@ -174,6 +174,8 @@ def test_calibrate_runs_readings_and_selects_by_the_fixed_rule(data_dir, tmp_pat
     assert calibrate.main(argv) == 0
     payload = json.loads((tmp_path / "out" / "calibrate-cifar100.json").read_text())
     assert [row["reading"] for row in payload["rows"]] == ["test_resnet/5steps/lr0.05/m0", only[0]]
+    assert [list(row["by_task"]) for row in payload["rows"]] == [["0"], ["0"]]
+    assert "| by task |" in (tmp_path / "out" / "calibrate-cifar100.md").read_text()
     momentum = next(r for r in payload["readings"] if r["name"] == only[0])
     assert momentum["protocol"]["momentum"] == 0.9 and momentum["protocol"]["local_steps"] == 5
     rows = [
