@@ -20,7 +20,10 @@ fewest local SGD steps per task; ties go to the one closer to 75.32. Every readi
     python benchmarks/calibrate.py --list                                  # the readings, cheapest first
     OMP_NUM_THREADS=1 python benchmarks/calibrate.py --shard 0/2 &         # run them (resumable)
     OMP_NUM_THREADS=1 python benchmarks/calibrate.py --shard 1/2 &
+    python benchmarks/calibrate.py --only resnet18/5epochs/lr0.01/m0.9 --task-indices 1   # one more task of one
     python benchmarks/calibrate.py --report                                # the table from what has finished
+
+A reading's tasks may come from several runs (``--task-indices``): the table joins them by task index.
 
 Writes ``benchmarks/results/calibrate-cifar100.{json,md}``: every reading's per-task accuracies, seconds, cost and
 gap to the paper's row, and the selected reading.
@@ -102,6 +105,7 @@ def evaluate_reading(reading: Reading, args: argparse.Namespace) -> dict[str, An
         labels=[reading.name],
         progress=args.progress,
         cache_dir=args.work / "cache",
+        task_indices=args.task_indices,
     )
     entry = report["initializations"][0]
     return {
@@ -109,11 +113,31 @@ def evaluate_reading(reading: Reading, args: argparse.Namespace) -> dict[str, An
         "name": reading.name,
         "protocol": report["protocol"],
         "relative_cost": reading.relative_cost(),
-        "tasks": [
-            {"index": t["index"], "mean_accuracy": t["mean_accuracy"], "seconds": t["seconds"]} for t in entry["tasks"]
-        ],
+        "tasks": [{key: t[key] for key in ("index", "mean_accuracy", "variance", "seconds")} for t in entry["tasks"]],
         "summary": entry["summary"],
     }
+
+
+def join(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per reading from runs that each finished some of its tasks: the tasks by index (a later run of
+    a task replaces an earlier one), the client-accuracy variance averaged over the tasks (a run recorded before
+    tasks kept their own variance gives each of its tasks the run's mean)."""
+    joined: dict[str, dict[str, Any]] = {}
+    for result in results:
+        if result["name"] not in joined:
+            joined[result["name"]] = {**result, "runs": [result]}
+        else:
+            joined[result["name"]]["runs"].append(result)
+    for result in joined.values():
+        tasks = {task["index"]: task for run in result["runs"] for task in run["tasks"]}
+        variances = {
+            task["index"]: task.get("variance", run["summary"]["variance"])
+            for run in result.pop("runs")
+            for task in run["tasks"]
+        }
+        result["tasks"] = [tasks[index] for index in sorted(tasks)]
+        result["summary"] = {**result["summary"], "variance": statistics.fmean(variances.values())}
+    return list(joined.values())
 
 
 def row(result: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +198,7 @@ def report(args: argparse.Namespace) -> None:
     results = [json.loads(p.read_text()) for p in sorted((args.work / "readings").glob("*.json"))]
     order = {r.name: i for i, r in enumerate(readings((*args.arch, *ARCHITECTURES)))}
     results.sort(key=lambda r: order.get(r["name"], len(order)))
-    rows = [row(r) for r in results]
+    rows = [row(r) for r in join(results)]
     chosen = select(rows)
     text = table(rows, chosen, args.seed)
     print(text)
@@ -200,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--arch", nargs="+", default=["resnet18"], help=f"architectures (e.g. {' '.join(ARCHITECTURES)})"
     )
+    parser.add_argument(
+        "--task-indices", type=int, nargs="+", default=None, help="run only these of the --tasks tasks (0-based)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="downstream rounds instead of the paper's 50 (tests)")
     parser.add_argument("--only", nargs="+", default=None, help="run only these readings (names from --list)")
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th reading starting at i")
@@ -210,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="show a progress bar per reading")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="folder of the table and JSON")
     args = parser.parse_args(argv)
+    if args.task_indices and not all(0 <= i < args.tasks for i in args.task_indices):
+        parser.error(f"--task-indices must lie in 0..{args.tasks - 1} (the --tasks tasks); raise --tasks")
     grid = readings(tuple(args.arch))
     if args.only:
         unknown = sorted(set(args.only) - {r.name for r in grid})
@@ -223,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         index, count = (int(part) for part in args.shard.split("/"))
         (args.work / "readings").mkdir(parents=True, exist_ok=True)
         for reading in grid[index::count]:
-            path = args.work / "readings" / f"{reading.name.replace('/', '_')}-{args.tasks}tasks-seed{args.seed}.json"
+            path = args.work / "readings" / f"{reading.name.replace('/', '_')}-{_tasks_tag(args)}-seed{args.seed}.json"
             if path.is_file():
                 continue
             began = time.perf_counter()
@@ -232,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{reading.name}: {row(result)['accuracy']:.2f} in {time.perf_counter() - began:.0f} s", flush=True)
     report(args)
     return 0
+
+
+def _tasks_tag(args: argparse.Namespace) -> str:
+    """The part of a reading's file name that says which tasks it ran."""
+    if args.task_indices is None:
+        return f"{args.tasks}tasks"
+    return "task" + "-".join(str(i) for i in sorted(set(args.task_indices)))
 
 
 if __name__ == "__main__":

@@ -188,6 +188,28 @@ def test_calibrate_runs_readings_and_selects_by_the_fixed_rule(data_dir, tmp_pat
     assert calibrate.select(rows[:1]) is None
 
 
+def test_calibrate_joins_a_readings_tasks_from_separate_runs(data_dir, tmp_path: Path) -> None:
+    """Task 1 run alone (``--task-indices``) is task 1 of a two-task run, and the table joins it to task 0."""
+    calibrate = importlib.import_module("calibrate")
+    reading = "test_resnet/5steps/lr0.05/m0"
+    common = ["--arch", "test_resnet", "--rounds", "1", "--only", reading, "--data-dir", str(data_dir)]
+
+    def run(name: str, *tasks: str) -> dict:
+        argv = [*common, *tasks, "--work", str(tmp_path / name), "--out-dir", str(tmp_path / name / "out")]
+        assert calibrate.main(argv) == 0
+        return json.loads((tmp_path / name / "out" / "calibrate-cifar100.json").read_text())
+
+    whole = run("whole", "--tasks", "2")
+    first = run("split", "--tasks", "1")
+    joined = run("split", "--tasks", "2", "--task-indices", "1")
+    assert [len(r["tasks"]) for r in first["readings"]] == [1]
+    assert sorted(t["index"] for r in joined["readings"] for t in r["tasks"]) == [0, 1]  # two runs
+    assert joined["rows"][0]["by_task"] == whole["rows"][0]["by_task"]
+    assert joined["rows"][0]["variance"] == pytest.approx(whole["rows"][0]["variance"])
+    with pytest.raises(SystemExit):
+        calibrate.main([*common, "--tasks", "2", "--task-indices", "2", "--work", str(tmp_path / "bad")])
+
+
 def test_select_pretraining_tunes_every_method_on_validation_tasks(data_dir, tmp_path: Path) -> None:
     select = importlib.import_module("select_pretraining")
     assert len(select.candidates("coprefl", select.parse_args(["--momentum"]))) == 4 * 2 * 2

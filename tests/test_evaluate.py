@@ -96,6 +96,17 @@ def test_separate_evaluations_merge_into_the_joint_one(report, checkpoint) -> No
         merge_reports([report, {**report, "protocol": {**report["protocol"], "seed": 1}}])
 
 
+def test_task_indices_run_those_tasks_of_the_whole_comparison(report) -> None:
+    alone = evaluate(["random"], SETTINGS, architecture="test_resnet", task_indices=[1])
+    assert alone["tasks"] == report["tasks"][1:]
+    assert (
+        entry(alone, "random")["tasks"][0]["client_accuracies"]
+        == (entry(report, "random")["tasks"][1]["client_accuracies"])
+    )
+    with pytest.raises(ConfigError, match=r"task indices \[2\] are not among the protocol's 2 tasks \(0-1\)"):
+        evaluate(["random"], SETTINGS, architecture="test_resnet", task_indices=[0, 2])
+
+
 def test_cache_folder_resumes_an_interrupted_comparison(checkpoint, tmp_path, monkeypatch) -> None:
     import copre_hub.fl.evaluate as evaluation
 

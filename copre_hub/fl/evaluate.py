@@ -280,6 +280,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
     reuse: Sequence[str | Path] = (),
     data_dir: str | Path | None = None,
+    task_indices: Sequence[int] | None = None,
 ) -> Report:
     """Run every initialization of ``sources`` on the same downstream tasks; returns the report.
 
@@ -301,13 +302,16 @@ def evaluate(
             :class:`copre_hub.fl.task_cache.TaskCache`): a new checkpoint is compared with published ones without
             running theirs again.
         data_dir: folder of local dataset copies (``--data-dir``); default: ``$COPRE_HUB_DATA``, else the Hub.
+        task_indices: run only these of the protocol's ``cfg.tasks`` tasks (0-based; default all), e.g. the tasks
+            one machine or one session takes; each task is drawn from the seed and its index alone, so these are
+            the same tasks a whole comparison runs, and the report holds just them.
 
     Returns:
         The report (:class:`copre_hub.fl.report_format.Report`).
 
     Raises:
         ConfigError: no sources, labels that do not match, incompatible checkpoints, ``random`` without an
-            architecture, a ``reuse`` file that is not a report.
+            architecture, a ``reuse`` file that is not a report, a task index outside the protocol's tasks.
         DataError, DatasetNotFoundError: the dataset cannot give the tasks.
         ModelNotFoundError, CheckpointError, IntegrityError: a checkpoint cannot be found or is unsound.
 
@@ -327,6 +331,8 @@ def evaluate(
     seen, unseen = split_classes(images, data, inits, cfg.seed)
     pool = class_pool(cfg, seen, unseen)
     tasks = draw_tasks(images, seen, unseen, cfg)
+    if task_indices is not None:
+        tasks = only_tasks(tasks, task_indices)
     protocol = dataclasses.asdict(cfg)
     record = DataRecord(
         dataset=data.dataset,
@@ -378,6 +384,22 @@ def evaluate(
         versions=software_versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
+
+
+def only_tasks(tasks: Sequence[DownstreamTask], indices: Sequence[int]) -> list[DownstreamTask]:
+    """The tasks of ``tasks`` with these indices, in task order.
+
+    Raises:
+        ConfigError: no index, or an index that is not one of the tasks.
+    """
+    wanted = set(indices)
+    unknown = sorted(wanted - {task.index for task in tasks})
+    if not wanted or unknown:
+        raise ConfigError(
+            f"task indices {unknown or '(none)'} are not among the protocol's {len(tasks)} tasks "
+            f"(0-{len(tasks) - 1}); give indices in that range, or raise the protocol's tasks."
+        )
+    return [task for task in tasks if task.index in wanted]
 
 
 def unique_labels(labels: Sequence[str], count: int) -> list[str]:
