@@ -18,6 +18,7 @@ import datetime
 import functools
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import statistics
@@ -86,6 +87,31 @@ def versions() -> dict[str, str]:
 def summary(values: Sequence[float]) -> dict[str, Any]:
     """Every repetition and their median."""
     return {"runs": list(values), "median": statistics.median(values)}
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
+    """Repetition-by-repetition ratios of two interleaved runs: their median, and a distribution-free interval for
+    it (order statistics, the narrowest at 95% or more, else the widest there is: min to max, at ``level``).
+
+    A drift in the machine's speed moves both runs of a repetition alike, so it cancels in the repetition's ratio
+    and not in the ratio of two medians taken apart.
+    """
+    ratios = sorted(a / b for a, b in zip(numerator, denominator, strict=True))
+    n, k = len(ratios), 1  # the interval is [ratios[k-1], ratios[n-k]]
+    while k < n // 2 and _median_coverage(n, k + 1) >= 0.95:
+        k += 1
+    return {
+        "median": statistics.median(ratios),
+        "low": ratios[k - 1],
+        "high": ratios[n - k],
+        "level": _median_coverage(n, k),
+        "ratios": ratios,
+    }
+
+
+def _median_coverage(n: int, k: int) -> float:
+    """P(k-th smallest < median < k-th largest) of n draws: 1 - 2 P(Binomial(n, 1/2) < k)."""
+    return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
 
 
 def target(name: str, value: float, goal: float, higher_is_better: bool = True, note: str = "") -> dict[str, Any]:

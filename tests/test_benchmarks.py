@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -274,10 +275,17 @@ def test_small_clients_compares_the_in_place_loop_and_times_fixed_costs(tmp_path
     args = ["--clients", "6", "--participants", "3", "--client-size", "20", "--repeats", "2", "--cost-repeats", "2"]
     record = run("small_clients", tmp_path, *TINY_MODEL, *args)
     assert [len(record["seconds_per_round"][loop]["runs"]) for loop in ("C", "P2", "E", "E1")] == [2, 2, 2, 2]
-    assert record["one_add_per_client_over_engine_paired"] > 0
+    paired = record["paired_ratios"]
+    assert all(r["low"] <= r["median"] <= r["high"] and len(r["ratios"]) == 2 for r in paired.values())
+    assert paired["C over E (efficiency)"]["median"] == pytest.approx(
+        statistics.median(c / e for c, e in zip(*(record["seconds_per_round"][k]["runs"] for k in "CE"), strict=True))
+    )
+    phases = record["engine_round_ms_per_client"]
+    assert 0 < phases["restore"] < phases["local SGD"] < record["engine_ms_per_client"]
     assert set(record["fixed_costs_ms_per_client"]) == {"restore", "accumulate", "draws", "batch gather + normalise"}
     assert record["first_round_max_weight_difference_p2_vs_engine"] < 1e-5  # P2 computes the engine's FedAvg
     assert [t["name"] for t in record["targets"]] == ["E over P2 (speed)", "C over E (efficiency)"]
+    assert [t["value"] for t in record["targets"]] == [paired[t["name"]]["median"] for t in record["targets"]]
 
 
 def test_cpu_options_times_each_option_and_pairs_bf16_with_fp32_on_the_smoke_recipe(tmp_path: Path, data_dir) -> None:
