@@ -287,8 +287,9 @@ def evaluate(
     Args:
         sources: checkpoint folders, Hub ids or ``"random"``, compared in this order.
         cfg: the downstream protocol, or settings over the paper's protocol for the dataset
-            (:meth:`DownstreamConfig.for_dataset`, e.g. ``{"tasks": 3}``, or ``{"protocol": "calibrated"}`` for a
-            named reading); default: the paper's protocol as its text reads (``literal``).
+            (:meth:`DownstreamConfig.for_dataset`, e.g. ``{"tasks": 3}``, or ``{"protocol": name}`` for a named
+            reading of :data:`copre_hub.fl.protocols.PROTOCOLS`); default: the paper's protocol as its text reads
+            (``literal``).
         data: the dataset; default: the one the first checkpoint was pre-trained on, else CIFAR-100.
         architecture: timm name for ``"random"``; default: the first checkpoint's architecture.
         labels: names in the report, one per source; default: each checkpoint's model id, ``random``.
