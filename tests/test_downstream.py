@@ -74,6 +74,23 @@ def test_paper_defaults_and_femnist_rounds() -> None:
     assert DownstreamConfig.for_dataset("cifar100").rounds == 50
 
 
+def test_the_calibrated_protocol_is_the_reading_the_calibration_selected() -> None:
+    """``calibrated`` is what ``benchmarks/calibrate.py`` selected on validation tasks, and it keeps the seed of the
+    reported tasks (0), not the validation seed."""
+    import json
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).parents[1] / "benchmarks/results/calibrate-cifar100.json").read_text())
+    chosen = next(r for r in record["readings"] if r["name"] == record["selected"]["reading"])
+    cfg = DownstreamConfig.for_dataset("cifar100", "calibrated")
+    measured = {key: chosen["protocol"][key] for key in ("local_epochs", "lr", "momentum", "rounds", "batch_size")}
+    assert {key: getattr(cfg, key) for key in measured} == measured
+    assert cfg.seed == 0 and chosen["protocol"]["seed"] == 1
+    assert DownstreamConfig.for_dataset("femnist", "calibrated").rounds == 10
+    with pytest.raises(ConfigError, match="unknown downstream protocol 'tuned'; use one of literal, calibrated"):
+        DownstreamConfig.for_dataset("cifar100", "tuned")
+
+
 @pytest.mark.parametrize(
     "settings", [{"class_pool": "both"}, {"algorithm": "scaffold"}, {"clients": 0}, {"test_fraction": 1.0}]
 )

@@ -272,6 +272,14 @@ def _register_evaluate(verbs: argparse._SubParsersAction) -> None:
         "(repeatable)",
     )
     parser.add_argument(
+        "--task-indices",
+        type=int,
+        nargs="+",
+        metavar="I",
+        help="run only these of the --tasks tasks (0-based), e.g. one share per machine: they are the same tasks a "
+        "whole run draws, so the shares' reports serve as --reuse of the whole run",
+    )
+    parser.add_argument(
         "--merge", action="store_true", help="also record the results in each local checkpoint's config and card"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
@@ -321,6 +329,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 cache_dir=args.output / "cache",
                 reuse=args.reuse,
                 data_dir=folder_of_copies,
+                task_indices=args.task_indices,
             )
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
