@@ -122,22 +122,16 @@ def join(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One result per reading from runs that each finished some of its tasks: the tasks by index (a later run of
     a task replaces an earlier one), the client-accuracy variance averaged over the tasks (a run recorded before
     tasks kept their own variance gives each of its tasks the run's mean)."""
-    joined: dict[str, dict[str, Any]] = {}
+    runs_by_name: dict[str, list[dict[str, Any]]] = {}
     for result in results:
-        if result["name"] not in joined:
-            joined[result["name"]] = {**result, "runs": [result]}
-        else:
-            joined[result["name"]]["runs"].append(result)
-    for result in joined.values():
-        tasks = {task["index"]: task for run in result["runs"] for task in run["tasks"]}
-        variances = {
-            task["index"]: task.get("variance", run["summary"]["variance"])
-            for run in result.pop("runs")
-            for task in run["tasks"]
-        }
-        result["tasks"] = [tasks[index] for index in sorted(tasks)]
-        result["summary"] = {**result["summary"], "variance": statistics.fmean(variances.values())}
-    return list(joined.values())
+        runs_by_name.setdefault(result["name"], []).append(result)
+    joined = []
+    for runs in runs_by_name.values():
+        by_index = {t["index"]: {"variance": run["summary"]["variance"], **t} for run in runs for t in run["tasks"]}
+        tasks = [by_index[index] for index in sorted(by_index)]
+        variance = statistics.fmean(t["variance"] for t in tasks)
+        joined.append({**runs[0], "tasks": tasks, "summary": {**runs[0]["summary"], "variance": variance}})
+    return joined
 
 
 def row(result: dict[str, Any]) -> dict[str, Any]:
