@@ -51,7 +51,7 @@ def format_table(report: Report) -> str:
     the report, each other initialization's difference from them, then a legend of the columns.
     """
     columns = [("mean_accuracy", "accuracy (%)"), ("variance", "variance"), *_LOWEST_COLUMNS]
-    tasks = report["protocol"]["tasks"]
+    tasks = len(report["tasks"])
     entries = report["initializations"]
 
     def cell(summary: dict[str, float], key: str) -> str:
@@ -123,7 +123,7 @@ def plot_client_accuracies(report: Report, path: str | Path) -> Path:
     axes[-1].set_xlabel("client test accuracy (%), all tasks' clients pooled")
     axes[-1].set_xlim(0, 100)
     protocol = report["protocol"]
-    tasks = f"{protocol['tasks']} task" + ("s" if protocol["tasks"] != 1 else "")
+    tasks = f"{len(report['tasks'])} task" + ("s" if len(report["tasks"]) != 1 else "")
     figure.suptitle(
         f"{report['data']['dataset']}: {tasks} x {protocol['clients']} clients, "
         f"{protocol['algorithm']} {protocol['rounds']} rounds",
@@ -150,7 +150,7 @@ def card_eval_result(report: Report, label: str) -> dict[str, Any]:
         "dataset": report["data"]["dataset"],
         "classes": f"{protocol['class_pool']} {int_ranges(report['data']['class_pool'])}",
         "algorithm": protocol["algorithm"],
-        "tasks": protocol["tasks"],
+        "tasks": len(report["tasks"]),
         "clients": protocol["clients"],
         "rounds": protocol["rounds"],
         **{key: summary[key] for key in sorted(summary)},
