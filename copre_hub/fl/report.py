@@ -123,7 +123,8 @@ def plot_client_accuracies(report: Report, path: str | Path) -> Path:
     axes[-1].set_xlabel("client test accuracy (%), all tasks' clients pooled")
     axes[-1].set_xlim(0, 100)
     protocol = report["protocol"]
-    tasks = f"{len(report['tasks'])} task" + ("s" if len(report["tasks"]) != 1 else "")
+    count = len(report["tasks"])
+    tasks = f"{count} task" + ("s" if count != 1 else "")
     figure.suptitle(
         f"{report['data']['dataset']}: {tasks} x {protocol['clients']} clients, "
         f"{protocol['algorithm']} {protocol['rounds']} rounds",
